@@ -1,0 +1,192 @@
+"""The one model description every part of scaling-planner reads.
+
+`TransformerConfig` describes a decoder-only transformer: the Flax model (`models.Transformer`)
+builds it, the closed forms in `planner` count it, the validator lowers it, the planner searches it.
+
+Sizes are exact Python ints. For the planner's continuous relaxation the size fields may instead
+be JAX arrays or NumPy floating arrays (e.g. tracers under `jit`/`vmap`/`grad`); those skip the
+integrality and divisibility checks, which only make sense for a concrete shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any, Literal
+
+import numpy as np
+
+MLP_KINDS = ("gelu", "swiglu", "geglu")
+NORM_KINDS = ("layernorm", "rmsnorm")
+POSITION_KINDS = ("learned", "rope")
+
+#: The size fields, in declaration order; each is a positive integer (or a relaxed array).
+SIZE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "seq_len")
+OPTIONAL_SIZE_FIELDS = ("n_kv_heads", "head_dim")
+
+
+def is_relaxed(value: Any) -> bool:
+    """True for a continuous (array) size: a JAX array or tracer, or a NumPy floating array."""
+    if isinstance(value, np.ndarray | np.floating):
+        return np.issubdtype(np.asarray(value).dtype, np.floating)
+    try:
+        import jax
+    except ImportError:  # pragma: no cover - jax is a runtime dependency
+        return False
+    return isinstance(value, jax.Array)
+
+
+def _check_size(name: str, value: Any, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if is_relaxed(value):
+        return
+    hint = " (or None)" if optional else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or isinstance(
+        value, np.integer
+    ):
+        raise ValueError(
+            f"{name}={value!r} ({type(value).__name__}): must be a positive Python int{hint}; "
+            "booleans, floats, strings and NumPy integers are not sizes "
+            "(use int(x), or a float JAX array for the relaxed planner path)"
+        )
+    if value <= 0:
+        raise ValueError(f"{name}={value!r}: must be a positive int{hint}, got {value}")
+
+
+def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"{name}={value!r}: unknown option; valid: {', '.join(map(repr, valid))}")
+
+
+def _check_bool(name: str, value: Any, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, bool):
+        rule = "True, False or None" if optional else "True or False"
+        raise ValueError(f"{name}={value!r}: must be {rule}")
+
+
+def _check_positive_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r}: must be a positive finite number")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """A decoder-only transformer, pre-norm, as GPT-2, Llama, Mistral, Qwen and Gemma build it.
+
+    Args:
+      vocab_size: number of tokens in the vocabulary.
+      d_model: width of the residual stream.
+      n_layers: number of transformer blocks.
+      n_heads: number of query heads.
+      d_ff: hidden width of the MLP. For the gated variants (swiglu, geglu) this is the width
+        of each of the gate and up projections, as Llama's ``intermediate_size``.
+      seq_len: context length; also the size of the learned position table.
+      n_kv_heads: key/value heads (grouped-query attention when < n_heads); None = n_heads.
+      head_dim: width of one head; None = d_model // n_heads.
+      tied_embeddings: the output head reuses the token embedding (``nnx.Embed.attend``).
+      mlp: "gelu" (two matrices), "swiglu" or "geglu" (three matrices, gated).
+      norm: "layernorm" (scale, and bias when ``bias``) or "rmsnorm" (scale only).
+      position: "learned" (a seq_len x d_model table) or "rope" (rotary, no parameters).
+      bias: biases on every linear projection, and on LayerNorm.
+      qkv_bias: None = follow ``bias``; True/False overrides it for q, k, v only (Qwen2).
+      embed_scale: multiply token embeddings by sqrt(d_model) (Gemma). No parameters.
+      rope_theta: RoPE base frequency.
+      norm_eps: epsilon of the norms.
+
+    Example:
+      >>> cfg = TransformerConfig(vocab_size=97, d_model=48, n_layers=2, n_heads=4, d_ff=96, seq_len=16)
+      >>> cfg.resolved_head_dim, cfg.resolved_n_kv_heads
+      (12, 4)
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    seq_len: int
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    tied_embeddings: bool = True
+    mlp: Literal["gelu", "swiglu", "geglu"] = "gelu"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    position: Literal["learned", "rope"] = "learned"
+    bias: bool = True
+    qkv_bias: bool | None = None
+    embed_scale: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in SIZE_FIELDS:
+            _check_size(name, getattr(self, name))
+        for name in OPTIONAL_SIZE_FIELDS:
+            _check_size(name, getattr(self, name), optional=True)
+        _check_choice("mlp", self.mlp, MLP_KINDS)
+        _check_choice("norm", self.norm, NORM_KINDS)
+        _check_choice("position", self.position, POSITION_KINDS)
+        for name in ("tied_embeddings", "bias", "embed_scale"):
+            _check_bool(name, getattr(self, name))
+        _check_bool("qkv_bias", self.qkv_bias, optional=True)
+        _check_positive_float("rope_theta", self.rope_theta)
+        _check_positive_float("norm_eps", self.norm_eps)
+
+        if self.relaxed:
+            return  # divisibility has no meaning for a continuous shape
+        if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(
+                f"n_kv_heads={self.n_kv_heads}: must divide n_heads={self.n_heads} "
+                "(each key/value head serves a whole group of query heads)"
+            )
+        if self.head_dim is None and self.d_model % self.n_heads != 0:
+            raise ValueError(
+                f"d_model={self.d_model}: must be divisible by n_heads={self.n_heads} "
+                "when head_dim is None; or set head_dim explicitly"
+            )
+        if self.position == "rope" and self.resolved_head_dim % 2 != 0:
+            raise ValueError(
+                f"head_dim={self.resolved_head_dim}: must be even with position='rope' "
+                "(RoPE rotates pairs of dimensions)"
+            )
+
+    # ----------------------------------------------------------------- derived values
+    @property
+    def relaxed(self) -> bool:
+        """True when any size is a continuous array (the planner's relaxation)."""
+        return any(is_relaxed(getattr(self, n)) for n in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS)
+
+    @property
+    def resolved_n_kv_heads(self):
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def resolved_head_dim(self):
+        if self.head_dim is not None:
+            return self.head_dim
+        if self.relaxed:
+            return self.d_model / self.n_heads
+        return self.d_model // self.n_heads
+
+    @property
+    def resolved_qkv_bias(self) -> bool:
+        return self.bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def gated(self) -> bool:
+        """True for the gated MLPs (swiglu, geglu): three matrices instead of two."""
+        return self.mlp != "gelu"
+
+    def replace(self, **changes: Any) -> TransformerConfig:
+        """A copy with some fields changed (validated again). Unknown field: ValueError."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; valid: {', '.join(field_names())}")
+        return dataclasses.replace(self, **changes)
+
+
+def field_names() -> tuple[str, ...]:
+    """The names of TransformerConfig's fields, in order."""
+    return tuple(f.name for f in dataclasses.fields(TransformerConfig))

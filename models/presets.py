@@ -1,0 +1,144 @@
+"""Named configurations of public models, each copied from its published config.
+
+>>> from models import presets
+>>> presets.get("gpt2").d_model
+768
+>>> presets.get("gpt2", n_layers=6).n_layers
+6
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from models.config import TransformerConfig
+
+
+class Preset(NamedTuple):
+    config: TransformerConfig
+    source: str
+    #: Parameter count the model's publisher reports (None for the small test shapes).
+    published_params: int | None = None
+    published_source: str | None = None
+
+
+_HF = "https://huggingface.co/{}/blob/main/config.json"
+_HF_COUNT = "transformers `{}` model.num_parameters() (the count Hugging Face shows on the model page)"
+
+
+def _gpt2(name: str, d_model: int, n_layers: int, n_heads: int, published: int) -> Preset:
+    # GPT-2 (Radford et al. 2019): learned positions, LayerNorm with bias, GELU (tanh), biases
+    # everywhere, output head tied to wte, n_positions = 1024, d_ff = 4 * d_model.
+    return Preset(
+        TransformerConfig(
+            vocab_size=50257, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+            d_ff=4 * d_model, seq_len=1024,
+        ),
+        _HF.format(f"openai-community/{name}"),
+        published,
+        _HF_COUNT.format(f"openai-community/{name}"),
+    )
+
+
+def _llama(**kw: Any) -> TransformerConfig:
+    # Llama family: RoPE, RMSNorm, SwiGLU, no biases, untied head unless said.
+    base = dict(mlp="swiglu", norm="rmsnorm", position="rope", bias=False, tied_embeddings=False)
+    return TransformerConfig(**(base | kw))
+
+
+_PRESETS: dict[str, Preset] = {
+    "gpt2": _gpt2("gpt2", 768, 12, 12, 124_439_808),
+    "gpt2-medium": _gpt2("gpt2-medium", 1024, 24, 16, 354_823_168),
+    "gpt2-large": _gpt2("gpt2-large", 1280, 36, 20, 774_030_080),
+    "gpt2-xl": _gpt2("gpt2-xl", 1600, 48, 25, 1_557_611_200),
+    "llama-2-7b": Preset(
+        _llama(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, d_ff=11008, seq_len=4096),
+        _HF.format("meta-llama/Llama-2-7b-hf"),
+        6_738_415_616,
+        _HF_COUNT.format("meta-llama/Llama-2-7b-hf"),
+    ),
+    "llama-2-13b": Preset(
+        _llama(vocab_size=32000, d_model=5120, n_layers=40, n_heads=40, d_ff=13824, seq_len=4096),
+        _HF.format("meta-llama/Llama-2-13b-hf"),
+        13_015_864_320,
+        _HF_COUNT.format("meta-llama/Llama-2-13b-hf"),
+    ),
+    "mistral-7b": Preset(
+        # Mistral 7B v0.1 (Jiang et al. 2023); its 4096-token sliding window is not modelled:
+        # it changes attention FLOPs beyond 4096 tokens, not the parameters.
+        _llama(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+               d_ff=14336, seq_len=32768),
+        _HF.format("mistralai/Mistral-7B-v0.1"),
+        7_241_732_096,
+        _HF_COUNT.format("mistralai/Mistral-7B-v0.1"),
+    ),
+    "tinyllama-1.1b": Preset(
+        _llama(vocab_size=32000, d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4,
+               d_ff=5632, seq_len=2048),
+        _HF.format("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"),
+        1_100_048_384,
+        _HF_COUNT.format("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"),
+    ),
+    "qwen2.5-0.5b": Preset(
+        # Qwen2: biases on q, k, v only; tied head; rope_theta 1e6.
+        _llama(vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2,
+               d_ff=4864, seq_len=32768, qkv_bias=True, tied_embeddings=True,
+               rope_theta=1_000_000.0, norm_eps=1e-6),
+        _HF.format("Qwen/Qwen2.5-0.5B"),
+        494_032_768,
+        _HF_COUNT.format("Qwen/Qwen2.5-0.5B"),
+    ),
+    "gemma-2b": Preset(
+        # Gemma (Gemma Team 2024): GeGLU, tied head, embeddings scaled by sqrt(d_model),
+        # multi-query attention with head_dim 256. Gemma's RMSNorm stores (scale - 1); same count.
+        # Paper Table 2 gives 1,981,884,416 non-embedding parameters, equal to ours; its
+        # embedding figure (524,550,144) uses a 256,128-row table, the released config has 256,000.
+        _llama(vocab_size=256000, d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1,
+               head_dim=256, d_ff=16384, seq_len=8192, mlp="geglu", tied_embeddings=True,
+               embed_scale=True, norm_eps=1e-6),
+        _HF.format("google/gemma-2b"),
+        2_506_172_416,
+        _HF_COUNT.format("google/gemma-2b"),
+    ),
+    # Small shapes for tests and quick experiments (not public models).
+    "tiny-gpt": Preset(
+        TransformerConfig(vocab_size=97, d_model=48, n_layers=2, n_heads=4, d_ff=96, seq_len=16),
+        "test shape: GPT-2 style, odd vocabulary",
+    ),
+    "tiny-llama": Preset(
+        _llama(vocab_size=101, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, seq_len=16),
+        "test shape: Llama style with GQA",
+    ),
+    "tiny-gemma": Preset(
+        _llama(vocab_size=89, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=24,
+               d_ff=80, seq_len=16, mlp="geglu", tied_embeddings=True, embed_scale=True),
+        "test shape: Gemma style, head_dim != d_model / n_heads",
+    ),
+}
+
+
+def names() -> tuple[str, ...]:
+    """All preset names."""
+    return tuple(_PRESETS)
+
+
+def public_names() -> tuple[str, ...]:
+    """Presets that copy a public model (those with a published parameter count)."""
+    return tuple(n for n, p in _PRESETS.items() if p.published_params is not None)
+
+
+def info(name: str) -> Preset:
+    """The preset with its source and published parameter count."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(_PRESETS)}")
+    return _PRESETS[name]
+
+
+def get(name: str, **overrides: Any) -> TransformerConfig:
+    """The named config, with fields replaced by ``overrides`` (validated again).
+
+    Raises:
+      ValueError: unknown preset name (the valid ones are listed), unknown field, invalid value.
+    """
+    cfg = info(name).config
+    return cfg.replace(**overrides) if overrides else cfg

@@ -1,0 +1,27 @@
+"""Human-readable numbers and aligned tables for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+_SUFFIXES = ((1e15, "P"), (1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23 M'; values under 1000 print as they are."""
+    for scale, suffix in _SUFFIXES:
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {suffix}{unit}".rstrip()
+    return f"{n:g} {unit}".rstrip()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
+    """An aligned plain-text table; ``align`` has one 'l' or 'r' per column (default: first left)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or "l" + "r" * (len(headers) - 1)
+    fmt = lambda row: "  ".join(  # noqa: E731
+        c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)
+    ).rstrip()
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(cells[0]), rule, *map(fmt, cells[1:])])

@@ -1,0 +1,90 @@
+"""Exact parameter counts, as pure arithmetic on a config's numbers.
+
+With Python ints the counts are exact integers; with `jnp` float sizes (a relaxed config) the
+same code gives differentiable floats under `jit`, `vmap` and `grad`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from models.config import TransformerConfig
+
+#: Component names, in the order of the forward pass. Every count has all of them (0 if absent).
+PARAM_COMPONENTS = (
+    "embedding", "position", "attn_norm", "q", "k", "v", "attn_out",
+    "mlp_norm", "mlp_in", "mlp_gate", "mlp_out", "final_norm", "head",
+)
+#: The components that count as embedding parameters (Kaplan et al. 2020 exclude these from N).
+EMBEDDING_COMPONENTS = ("embedding", "position", "head")
+
+
+class ParamCount(NamedTuple):
+    """Parameters of a `TransformerConfig`.
+
+    Attributes:
+      total: all parameters.
+      embedding: token embedding + learned positions + the untied output head.
+      non_embedding: total - embedding (Kaplan et al.'s N).
+      components: parameters per component, summed over layers (keys: `PARAM_COMPONENTS`).
+    """
+
+    total: Any
+    embedding: Any
+    non_embedding: Any
+    components: dict[str, Any]
+
+
+def _linear(n_in, n_out, bias: bool):
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def _norm(cfg: TransformerConfig):
+    # LayerNorm: scale and (with bias) shift; RMSNorm: scale only.
+    return 2 * cfg.d_model if cfg.norm == "layernorm" and cfg.bias else cfg.d_model
+
+
+def param_components(cfg: TransformerConfig) -> dict[str, Any]:
+    """Parameters per component, summed over the layers (keys: `PARAM_COMPONENTS`).
+
+    q has n_heads*head_dim outputs, k and v n_kv_heads*head_dim each (GQA, Ainslie et al. 2023);
+    a gated MLP (SwiGLU/GeGLU, Shazeer 2020) has gate, up (``mlp_in``) and down (``mlp_out``).
+    Tied embeddings (Press & Wolf 2017) make the head free: vocab_size * d_model fewer parameters.
+    """
+    d, n_layers, ff = cfg.d_model, cfg.n_layers, cfg.d_ff
+    q_width = cfg.n_heads * cfg.resolved_head_dim
+    kv_width = cfg.resolved_n_kv_heads * cfg.resolved_head_dim
+    qkv_bias = cfg.resolved_qkv_bias
+    per_layer = {
+        "attn_norm": _norm(cfg),
+        "q": _linear(d, q_width, qkv_bias),
+        "k": _linear(d, kv_width, qkv_bias),
+        "v": _linear(d, kv_width, qkv_bias),
+        "attn_out": _linear(q_width, d, cfg.bias),
+        "mlp_norm": _norm(cfg),
+        "mlp_in": _linear(d, ff, cfg.bias),
+        "mlp_gate": _linear(d, ff, cfg.bias) if cfg.gated else 0,
+        "mlp_out": _linear(ff, d, cfg.bias),
+    }
+    comps = {
+        "embedding": cfg.vocab_size * d,
+        "position": cfg.seq_len * d if cfg.position == "learned" else 0,
+        **{name: n_layers * n for name, n in per_layer.items()},
+        "final_norm": _norm(cfg),
+        "head": 0 if cfg.tied_embeddings else cfg.vocab_size * d,
+    }
+    return {name: comps[name] for name in PARAM_COMPONENTS}
+
+
+def count_params(cfg: TransformerConfig) -> ParamCount:
+    """Count the parameters of ``models.Transformer(cfg)`` exactly.
+
+    Example:
+      >>> from models import presets
+      >>> count_params(presets.get("gpt2")).total  # Hugging Face gpt2: 124,439,808
+      124439808
+    """
+    comps = param_components(cfg)
+    total = sum(comps.values())
+    embedding = sum(comps[name] for name in EMBEDDING_COMPONENTS)
+    return ParamCount(total=total, embedding=embedding, non_embedding=total - embedding, components=comps)

@@ -1,0 +1,20 @@
+"""Test settings: CPU only (set before JAX is imported anywhere).
+
+Strict dtype promotion (equinox's conftest) is not switched on: optax's AdamW bias correction
+raises a float ** int32 promotion under it (optax 0.2.8), so the training step could not run.
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _doctest_namespace(doctest_namespace):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    doctest_namespace.update(jnp=jnp, nnx=nnx, jax=jax)

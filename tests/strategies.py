@@ -1,0 +1,42 @@
+"""Hypothesis strategies shared by the tests: random valid TransformerConfigs over every option."""
+
+from hypothesis import strategies as st
+
+from models import TransformerConfig
+
+
+@st.composite
+def configs(draw, *, max_width: int = 64, max_layers: int = 3) -> TransformerConfig:
+    """A random valid config: tiny and odd sizes, every option, GQA and explicit head_dim."""
+    position = draw(st.sampled_from(["learned", "rope"]))
+    n_kv_heads = draw(st.integers(1, 4))
+    n_heads = n_kv_heads * draw(st.integers(1, 3))
+    explicit_head_dim = draw(st.booleans())
+    if explicit_head_dim:
+        head_dim = draw(st.integers(1, 16))
+        if position == "rope":
+            head_dim = 2 * ((head_dim + 1) // 2)
+        d_model = draw(st.integers(1, max_width))
+    else:
+        head_dim = None
+        per_head = draw(st.integers(1, max(1, max_width // n_heads)))
+        if position == "rope":
+            per_head = 2 * ((per_head + 1) // 2)
+        d_model = n_heads * per_head
+    return TransformerConfig(
+        vocab_size=draw(st.integers(2, 211)),
+        d_model=d_model,
+        n_layers=draw(st.integers(1, max_layers)),
+        n_heads=n_heads,
+        d_ff=draw(st.integers(1, 2 * max_width)),
+        seq_len=draw(st.integers(1, 64)),
+        n_kv_heads=draw(st.sampled_from([None, n_kv_heads])) if n_kv_heads == n_heads else n_kv_heads,
+        head_dim=head_dim,
+        tied_embeddings=draw(st.booleans()),
+        mlp=draw(st.sampled_from(["gelu", "swiglu", "geglu"])),
+        norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
+        position=position,
+        bias=draw(st.booleans()),
+        qkv_bias=draw(st.sampled_from([None, True, False])),
+        embed_scale=draw(st.booleans()),
+    )

@@ -1,0 +1,75 @@
+"""The `planner` CLI: readable tables, JSON, and one-line errors with exit status 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from planner.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_count_table(capsys):
+    code, out, err = run(capsys, "count", "--preset", "gpt2")
+    assert code == 0 and not err
+    assert "124,439,808" in out and "124.44 M" in out
+    assert "non-embedding" in out and "85,056,000" in out
+
+
+def test_count_json_with_overrides(capsys):
+    code, out, _ = run(capsys, "count", "--preset", "llama-2-7b", "--set", "n_layers=16",
+                       "--set", "tied_embeddings=true", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert data["config"]["n_layers"] == 16 and data["config"]["tied_embeddings"] is True
+    p = data["params"]
+    assert p["total"] == sum(p["components"].values())
+    assert p["total"] == 16 * 202_383_360 + 32000 * 4096 + 4096  # Llama-2-7b layer from its config
+
+
+def test_count_from_set_alone(capsys):
+    code, out, _ = run(capsys, "count", "--json", *sum((["--set", f"{k}={v}"] for k, v in dict(
+        vocab_size=97, d_model=48, n_layers=2, n_heads=4, d_ff=96, seq_len=16, qkv_bias="none").items()), []))
+    assert code == 0 and json.loads(out)["params"]["total"] == 43440
+
+
+def test_presets_listing(capsys):
+    code, out, _ = run(capsys, "presets")
+    assert code == 0 and "gemma-2b" in out and "huggingface.co/google/gemma-2b" in out
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["count", "--preset", "gpt-5"], "unknown preset 'gpt-5'"),
+    (["count", "--preset", "gpt2", "--set", "n_layers=two"], "n_layers='two': expected an integer"),
+    (["count", "--preset", "gpt2", "--set", "n_layers=0"], "n_layers=0"),
+    (["count", "--preset", "gpt2", "--set", "layers=4"], "unknown field 'layers'"),
+    (["count", "--preset", "gpt2", "--set", "n_layers"], "expected field=value"),
+    (["count", "--preset", "gpt2", "--set", "mlp=relu"], "mlp='relu': unknown option"),
+    (["count", "--preset", "gpt2", "--set", "bias=maybe"], "expected true or false"),
+    (["count", "--preset", "gpt2", "--set", "n_heads=5"], "d_model=768: must be divisible by n_heads=5"),
+    (["count", "--preset", "gpt2", "--set", "n_layers=2", "--set", "n_layers=3"], "given twice"),
+    (["count", "--set", "d_model=64"], "missing: vocab_size"),
+    (["count", "--bogus"], "unrecognized arguments: --bogus"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "required"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and not out
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err
+
+
+def test_console_entry_points():
+    # The installed `python -m planner` runs the same main, with exit status and stderr as a user sees.
+    res = subprocess.run([sys.executable, "-m", "planner", "count", "--preset", "nope"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: unknown preset") and "Traceback" not in res.stderr
+    res = subprocess.run([sys.executable, "-m", "planner", "count", "--preset", "tiny-gpt"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "43,440" in res.stdout

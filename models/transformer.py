@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
@@ -27,7 +28,8 @@ def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, j
     RoFormer (Su et al. 2021), in the "rotate half" layout of Llama and GPT-NeoX:
     frequency i is theta^(-2i / head_dim).
     """
-    inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    # The frequencies depend on static numbers only: a NumPy constant, no work in the program.
+    inv_freq = np.asarray(theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim), np.float32)
     angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
     return jnp.cos(angles), jnp.sin(angles)
 

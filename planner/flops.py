@@ -1,0 +1,554 @@
+"""Closed-form FLOP counts of `models.Transformer`, under named conventions.
+
+Every count is plain arithmetic on the config's numbers (REFERENCES.md §1-3):
+
+- Python ints give exact integers (no float rounding, even at 10^26 FLOPs);
+- `jnp` floats (a relaxed config, see `models.config`) give the continuous relaxation, under
+  `jax.jit`, `jax.vmap` and `jax.grad`.
+
+A matmul (m x n) @ (n x p) costs 2*m*n*p FLOPs with one FMA = 2 FLOPs ("fma", what XLA and
+nanoGPT count), and m*p*(2n - 1) counted as separate multiplies and adds ("no_fma"). The
+"xla" convention adds the elementwise, reduction, softmax, norm, activation, loss and AdamW work
+exactly as XLA's HLO cost analysis counts it for `models.Transformer` and `models.train_step`
+(lowered, float32). The published formulas ("6nd", "kaplan", "palm", "megatron", "chinchilla",
+"deepseek") are reproduced as printed, each with its source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any, NamedTuple
+
+from models.config import TransformerConfig
+from planner.params import count_params
+
+MODES = ("forward", "backward", "train")
+
+#: Component names of a FlopCount, in the order of the forward pass (all present, 0 if absent).
+FLOP_COMPONENTS = (
+    "embedding", "rope", "norms", "q", "k", "v", "attn_scores", "softmax", "attn_values",
+    "attn_out", "mlp_in", "mlp_gate", "activation", "mlp_out", "residual", "logits", "loss",
+    "optimizer",
+)
+
+#: Components that are matmuls, and the (m, n, p, count) of each in the forward pass.
+MATMUL_COMPONENTS = ("q", "k", "v", "attn_scores", "attn_values", "attn_out",
+                     "mlp_in", "mlp_gate", "mlp_out", "logits")
+
+
+class Matmul(NamedTuple):
+    """``count`` products of an (m x n) and an (n x p) matrix."""
+
+    m: Any
+    n: Any
+    p: Any
+    count: Any
+
+
+class FlopCount(NamedTuple):
+    """FLOPs of one step.
+
+    Attributes:
+      total: sum of ``components``.
+      components: FLOPs per component (keys: `FLOP_COMPONENTS`).
+      transcendentals: exp, log, tanh, rsqrt, ... elements (the "xla" convention only; else None).
+      convention, mode: what was counted.
+    """
+
+    total: Any
+    components: dict[str, Any]
+    transcendentals: Any
+    convention: str
+    mode: str
+
+
+# ----------------------------------------------------------------------------- helpers
+def _half(x):
+    """x / 2, exact: an int when x is even, a Fraction when odd, a float for arrays."""
+    if isinstance(x, int):
+        return x // 2 if x % 2 == 0 else Fraction(x, 2)
+    return x / 2
+
+
+def _zeros() -> dict[str, Any]:
+    return dict.fromkeys(FLOP_COMPONENTS, 0)
+
+
+def _check_positive_int_or_array(name: str, value: Any) -> None:
+    from models.config import is_relaxed
+
+    if is_relaxed(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r}: must be a positive int")
+
+
+def forward_matmuls(cfg: TransformerConfig, batch_size, seq_len) -> dict[str, Matmul]:
+    """The matmuls of one forward pass of `models.Transformer`, per component.
+
+    Attention is counted in full (the masked half too), as XLA does; ``causal=True`` in
+    `count_flops` halves it. ``count`` folds the layers, and batch x heads for attention.
+    """
+    b, t, n_layers = batch_size, seq_len, cfg.n_layers
+    d, ff, vocab = cfg.d_model, cfg.d_ff, cfg.vocab_size
+    hd = cfg.resolved_head_dim
+    q_width, kv_width = cfg.n_heads * hd, cfg.resolved_n_kv_heads * hd
+    tokens = b * t
+    heads = n_layers * b * cfg.n_heads
+    mm = {
+        "q": Matmul(tokens, d, q_width, n_layers),
+        "k": Matmul(tokens, d, kv_width, n_layers),
+        "v": Matmul(tokens, d, kv_width, n_layers),
+        "attn_scores": Matmul(t, hd, t, heads),  # Q K^T per (batch, head)
+        "attn_values": Matmul(t, t, hd, heads),  # softmax(.) V per (batch, head)
+        "attn_out": Matmul(tokens, q_width, d, n_layers),
+        "mlp_in": Matmul(tokens, d, ff, n_layers),
+        "mlp_out": Matmul(tokens, ff, d, n_layers),
+        # Tied or not, the logits are a (tokens x d) @ (d x vocab) product.
+        "logits": Matmul(tokens, d, vocab, 1),
+    }
+    if cfg.gated:
+        mm["mlp_gate"] = Matmul(tokens, d, ff, n_layers)
+    return mm
+
+
+def backward_matmuls(forward: dict[str, Matmul]) -> dict[str, list[Matmul]]:
+    """The two products of each matmul's backward pass: dA = dC B^T and dB = A^T dC.
+
+    (m x n)(n x p) -> dA: (m x p)(p x n), dB: (n x m)(m x p). Every input of every matmul of
+    the model needs its gradient (all of them depend on parameters), so both are always done.
+    """
+    return {k: [Matmul(m.m, m.p, m.n, m.count), Matmul(m.n, m.m, m.p, m.count)] for k, m in forward.items()}
+
+
+def step_matmuls(cfg: TransformerConfig, batch_size, seq_len, mode: str) -> dict[str, list[Matmul]]:
+    """All matmuls of a forward, backward or train step, per component."""
+    fwd = forward_matmuls(cfg, batch_size, seq_len)
+    out: dict[str, list[Matmul]] = {k: [] for k in fwd}
+    if mode in ("forward", "train"):
+        for k, m in fwd.items():
+            out[k].append(m)
+    if mode in ("backward", "train"):
+        for k, ms in backward_matmuls(fwd).items():
+            out[k].extend(ms)
+    return out
+
+
+def _matmul_convention(cost: Callable[[Matmul], Any]):
+    def count(cfg, batch_size, seq_len, mode, causal):
+        comps = _zeros()
+        for name, ms in step_matmuls(cfg, batch_size, seq_len, mode).items():
+            comps[name] = sum(cost(m) for m in ms)
+        if causal:
+            comps["attn_scores"] = _half(comps["attn_scores"])
+            comps["attn_values"] = _half(comps["attn_values"])
+        return comps, None
+
+    return count
+
+
+def fma_matmul(m: Matmul):
+    """2*m*n*p per product: one fused multiply-add = 2 FLOPs (XLA's kFmaFlops = 2)."""
+    return 2 * m.m * m.n * m.p * m.count
+
+
+def no_fma_matmul(m: Matmul):
+    """m*p*(2n - 1) per product: n multiplies and n - 1 adds per output element."""
+    return m.m * m.p * (2 * m.n - 1) * m.count
+
+
+_count_fma = _matmul_convention(fma_matmul)
+_count_fma.__doc__ = "Every matmul as 2*m*n*p (one FMA = 2 FLOPs); nothing else. REFERENCES.md §1."
+_count_no_fma = _matmul_convention(no_fma_matmul)
+_count_no_fma.__doc__ = "Every matmul as m*p*(2n-1) (separate multiply and add); nothing else. REFERENCES.md §1."
+
+
+# ----------------------------------------------------------------------------- the "xla" convention
+def _norm_forward(cfg: TransformerConfig, tokens):
+    """One norm over (tokens, d_model) as XLA counts it; returns (flops, transcendentals).
+
+    flax LayerNorm (use_fast_variance): mean and mean of squares (two reductions of d - 1 adds
+    and a divide), the square, var = E[x^2] - E[x]^2 clamped at 0, + eps, rsqrt (1
+    transcendental), x - mean, scale * rsqrt, the product, and + bias: 6 d + 4 per token,
+    7 d + 4 with the bias. RMSNorm: square, one reduction, divide, + eps, rsqrt, two products:
+    4 d + 1 per token. Measured on jax 0.10 (tests/test_flops.py checks them against XLA).
+    """
+    d = cfg.d_model
+    if cfg.norm == "layernorm":
+        per_token = (7 if cfg.bias else 6) * d + 4
+    else:
+        per_token = 4 * d + 1
+    return tokens * per_token, tokens
+
+
+def _norm_backward(cfg: TransformerConfig, tokens):
+    """Backward of one norm, including its parameter-gradient reductions over the tokens."""
+    d = cfg.d_model
+    if cfg.norm == "layernorm":
+        return (13 * d + 13) * tokens - 2 * d if cfg.bias else (12 * d + 13) * tokens - d
+    return (9 * d + 3) * tokens - d
+
+
+_ACTIVATION_FORWARD = {"gelu": 8, "swiglu": 5, "geglu": 9}  # per hidden element, gate product included
+_ACTIVATION_BACKWARD = {"gelu": 14, "swiglu": 8, "geglu": 16}
+
+
+def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], Any]:
+    """Non-matmul FLOPs and transcendentals of ``model(tokens)`` (logits), as XLA counts them."""
+    n_layers, d, ff = cfg.n_layers, cfg.d_model, cfg.d_ff
+    hd = cfg.resolved_head_dim
+    h, kv = cfg.n_heads, cfg.resolved_n_kv_heads
+    tokens = b * t
+    scores = b * h * t * t  # elements of the score tensor, per layer
+    c = _zeros()
+    trans = 0
+
+    # jnp.take (nnx.Embed) in "fill" mode: index bounds checks (6 per token) and a select per
+    # gathered element; then the sqrt(d_model) scale (Gemma) and the learned-position add.
+    c["embedding"] = (tokens * d + 6 * tokens + (tokens * d if cfg.embed_scale else 0)
+                      + (tokens * d if cfg.position == "learned" else 0))
+    norm_flops, norm_trans = _norm_forward(cfg, tokens)
+    c["norms"] = (2 * n_layers + 1) * norm_flops
+    trans += (2 * n_layers + 1) * norm_trans
+
+    qkv_bias = 1 if cfg.resolved_qkv_bias else 0
+    bias = 1 if cfg.bias else 0
+    c["q"] = n_layers * qkv_bias * tokens * h * hd
+    c["k"] = n_layers * qkv_bias * tokens * kv * hd
+    c["v"] = n_layers * qkv_bias * tokens * kv * hd
+    if cfg.position == "rope":
+        # x1*cos - x2*sin and x2*cos + x1*sin on each half: 6 ops per pair = 3 per element,
+        # on q and k, every layer; plus the cos/sin tables once per forward.
+        c["rope"] = 3 * n_layers * tokens * (h + kv) * hd + _rope_table_flops(t, hd)
+        trans += _rope_table_transcendentals(t, hd)
+    # 1/sqrt(head_dim) scaling and the causal select on every score; the mask itself (iota
+    # compare and tril select) on (t, t), built in every layer.
+    c["attn_scores"] = n_layers * (2 * scores + 2 * t * t)
+    # max-reduce (t - 1 per row), max with -inf (1 per row), subtract, exp (transcendental),
+    # sum-reduce (t - 1 per row), divide: 4 per score - 1 per row.
+    c["softmax"] = n_layers * (4 * scores - b * h * t)
+    trans += n_layers * scores
+    c["attn_out"] = n_layers * bias * tokens * d
+    c["mlp_in"] = n_layers * bias * tokens * ff
+    c["mlp_gate"] = n_layers * bias * tokens * ff if cfg.gated else 0
+    c["mlp_out"] = n_layers * bias * tokens * d
+    c["activation"] = n_layers * _ACTIVATION_FORWARD[cfg.mlp] * tokens * ff
+    trans += n_layers * tokens * ff  # tanh (gelu, geglu) or logistic (swiglu)
+    c["residual"] = n_layers * 2 * tokens * d
+    return c, trans
+
+
+def _rope_table_flops(t, hd):
+    """positions x frequencies: one multiply per (position, pair); the frequencies are constants."""
+    return t * hd // 2 if isinstance(t * hd, int) else t * hd / 2
+
+
+def _rope_table_transcendentals(t, hd):
+    """cos and sin of every angle: t * head_dim / 2 each."""
+    return t * hd
+
+
+def _halve(x):
+    return x // 2 if isinstance(x, int) else x / 2
+
+
+def _xla_backward_extra(cfg: TransformerConfig, b, t) -> dict[str, Any]:
+    """Non-matmul FLOPs of the backward pass (loss forward and backward included), as XLA counts
+    them. The backward has no transcendentals of its own: the forward's are reused."""
+    n_layers, d, ff, vocab = cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size
+    hd = cfg.resolved_head_dim
+    h, kv = cfg.n_heads, cfg.resolved_n_kv_heads
+    tokens = b * t
+    scores = b * h * t * t
+    c = _zeros()
+
+    def bias_grad(width):  # sum of the output gradient over the tokens: (tokens - 1) adds each
+        return tokens * width - width
+
+    qkv_bias, bias = cfg.resolved_qkv_bias, cfg.bias
+    # The gather's transpose: a select per gathered element; the sqrt(d_model) scale; the
+    # position table's gradient (summed over the batch); tied: the head's and the lookup's
+    # gradients of the one shared table are added (vocab * d_model).
+    c["embedding"] = (tokens * d + (tokens * d if cfg.embed_scale else 0)
+                      + (tokens * d - t * d if cfg.position == "learned" else 0)
+                      + (vocab * d if cfg.tied_embeddings else 0))
+    c["norms"] = (2 * n_layers + 1) * _norm_backward(cfg, tokens)
+    c["q"] = n_layers * (bias_grad(h * hd) if qkv_bias else 0)
+    # k and v each add their input gradient to q's (the normed x fans out three ways).
+    c["k"] = n_layers * ((bias_grad(kv * hd) if qkv_bias else 0) + tokens * d)
+    c["v"] = n_layers * ((bias_grad(kv * hd) if qkv_bias else 0) + tokens * d)
+    if cfg.position == "rope":
+        # the transposed rotation: 4.5 per element of q and k
+        c["rope"] = n_layers * 9 * tokens * (h + kv) * _halve(hd)
+    c["attn_scores"] = n_layers * 2 * scores  # through the causal select and the 1/sqrt(hd) scale
+    c["softmax"] = n_layers * (6 * scores + 2 * b * h * t)
+    c["attn_out"] = n_layers * (bias_grad(d) if bias else 0)
+    c["mlp_in"] = n_layers * (bias_grad(ff) if bias else 0)
+    if cfg.gated:
+        c["mlp_gate"] = n_layers * ((bias_grad(ff) if bias else 0) + tokens * d)
+    c["activation"] = n_layers * _ACTIVATION_BACKWARD[cfg.mlp] * tokens * ff
+    c["mlp_out"] = n_layers * (bias_grad(d) if bias else 0)
+    # x feeds both the norm and the residual add, twice per block: one add each for its gradient.
+    c["residual"] = n_layers * 2 * tokens * d
+    # optax.softmax_cross_entropy_with_integer_labels, then the mean: forward 3 per logit +
+    # 13 per token + 6, backward 2 per logit + 8 per token.
+    c["loss"] = 5 * tokens * vocab + 21 * tokens + 6
+    return c
+
+
+def _xla_optimizer(cfg: TransformerConfig) -> tuple[Any, Any]:
+    """optax.adamw update + apply_updates: 15 FLOPs and 1 sqrt per parameter, plus 7 FLOPs and
+    2 powers for the bias corrections (measured; independent of how the parameters are split)."""
+    p = count_params(cfg).total
+    return 15 * p + 7, p + 2
+
+
+def _count_xla(cfg, batch_size, seq_len, mode, causal):
+    """What XLA's HLO cost analysis counts for `models.Transformer` (mode "forward": the logits
+    of ``model(tokens)``) and `models.train_step` (mode "train": forward, loss, backward and the
+    AdamW update), lowered, float32, layers unrolled. REFERENCES.md §3.
+
+    Matmuls count 2*m*n*p; elementwise ops 1 per output element; reductions (n - 1) per output;
+    exp, log, tanh, logistic, rsqrt, sin, cos, power, sqrt count as transcendentals, not FLOPs.
+    Mode "backward" is everything of "train" that is neither the forward nor the optimizer:
+    the loss (forward and backward) and the backward pass. Exact for seq_len >= 2 and
+    head_dim >= 4 (smaller sizes let jnp fold or reshape some ops; see tests/test_flops.py).
+    """
+    comps, _ = _count_fma(cfg, batch_size, seq_len, mode, causal)
+    trans = 0
+    fwd_extra, fwd_trans = _xla_forward_extra(cfg, batch_size, seq_len)
+    tokens = batch_size * seq_len
+    parts = []
+    if mode in ("forward", "train"):
+        parts.append(fwd_extra)
+        trans += fwd_trans
+    if mode in ("backward", "train"):
+        parts.append(_xla_backward_extra(cfg, batch_size, seq_len))
+        trans += tokens * cfg.vocab_size + tokens  # the loss's exp and log
+    if mode == "train":
+        opt_flops, opt_trans = _xla_optimizer(cfg)
+        parts.append({"optimizer": opt_flops})
+        trans += opt_trans
+    for part in parts:
+        for name, value in part.items():
+            comps[name] = comps[name] + value
+    return comps, trans
+
+
+# ----------------------------------------------------------------------------- published formulas
+_MODE_SHARE = {"forward": (1, 3), "backward": (2, 3), "train": (3, 3)}
+
+
+def _share(x, mode: str):
+    """The forward (1/3), backward (2/3) or whole (3/3) part of a training count, exactly."""
+    num, den = _MODE_SHARE[mode]
+    if num == den:
+        return x
+    if isinstance(x, int):
+        return x * num // den if (x * num) % den == 0 else Fraction(x * num, den)
+    return x * num / den
+
+
+def _count_6nd(cfg, batch_size, seq_len, mode, causal):
+    """C = 6 N D for training: 2 N D forward, 4 N D backward (Kaplan et al. 2020 §2.1; Hoffmann
+    et al. 2022). N = all parameters (Hoffmann's convention; tied embeddings counted once),
+    D = batch_size * seq_len tokens."""
+    n, tokens = count_params(cfg).total, batch_size * seq_len
+    per = {"forward": 2, "backward": 4, "train": 6}[mode]
+    return {"6ND": per * n * tokens}, None
+
+
+def _count_kaplan(cfg, batch_size, seq_len, mode, causal):
+    """Kaplan et al. 2020, Table 1, the non-embedding total: C_forward = 2N + 2 n_layer n_ctx d_attn
+    per token with N = 2 d_model n_layer (2 d_attn + d_ff), row by row (QKV, mask, project,
+    feedforward); backward = 2 x forward. d_attn = n_heads * head_dim, n_ctx = seq_len. The
+    formula assumes multi-head attention and a two-matrix MLP: GQA and gated MLPs are not in it."""
+    n_layers, d, ff = cfg.n_layers, cfg.d_model, cfg.d_ff
+    d_attn = cfg.n_heads * cfg.resolved_head_dim
+    tokens = batch_size * seq_len
+    rows = {
+        "qkv": 2 * n_layers * d * 3 * d_attn,
+        "mask": 2 * n_layers * seq_len * d_attn,
+        "project": 2 * n_layers * d_attn * d,
+        "feedforward": 2 * n_layers * 2 * d * ff,
+    }
+    factor = {"forward": 1, "backward": 2, "train": 3}[mode]
+    return {k: factor * tokens * v for k, v in rows.items()}, None
+
+
+def _count_palm(cfg, batch_size, seq_len, mode, causal):
+    """PaLM (Chowdhery et al. 2022), Appendix B: training FLOPs per token = 6N + 12 L H Q T
+    (N parameters, L layers, H heads, Q head dim, T sequence length), as nanoGPT's
+    `estimate_mfu`; forward is one third of it. N = all parameters, as PaLM 540B's 540.35B."""
+    tokens = batch_size * seq_len
+    n = count_params(cfg).total
+    attn = 12 * cfg.n_layers * cfg.n_heads * cfg.resolved_head_dim * seq_len
+    return {"6N": _share(6 * n * tokens, mode), "12LHQT": _share(attn * tokens, mode)}, None
+
+
+def _count_megatron(cfg, batch_size, seq_len, mode, causal, *, recompute: bool = False):
+    """Narayanan et al. 2021 ("Efficient Large-Scale Language Model Training on GPU Clusters",
+    §5.1): per iteration 72 B s l h^2 (1 + s/(6h) + V/(12 l h)) without activation
+    recomputation, 96 B s l h^2 (1 + s/(6h) + V/(16 l h)) with it (an extra forward). Expanded
+    to integers; h = d_model, l = n_layers, V = vocab; assumes d_ff = 4h and multi-head attention.
+    Forward is one third of the no-recompute count."""
+    b, s, n_layers, h, v = batch_size, seq_len, cfg.n_layers, cfg.d_model, cfg.vocab_size
+    if recompute:
+        terms = {"dense": 96 * b * s * n_layers * h * h, "attention": 16 * b * s * s * n_layers * h,
+                 "logits": 6 * b * s * h * v}
+        if mode != "train":
+            raise ValueError("megatron-recompute counts a whole training iteration; use mode='train'")
+        return terms, None
+    terms = {"dense": 72 * b * s * n_layers * h * h, "attention": 12 * b * s * s * n_layers * h,
+             "logits": 6 * b * s * h * v}
+    return {k: _share(x, mode) for k, x in terms.items()}, None
+
+
+def _count_megatron_recompute(cfg, batch_size, seq_len, mode, causal):
+    """Megatron's count with full activation recomputation (96 instead of 72); train only."""
+    return _count_megatron(cfg, batch_size, seq_len, mode, causal, recompute=True)
+
+
+def _count_chinchilla(cfg, batch_size, seq_len, mode, causal):
+    """Hoffmann et al. 2022, Appendix F, forward pass per sequence: embeddings 2 s V d; QKV
+    2*3 s d (k h); attention logits 2 s^2 (k h); softmax 3 h s^2; softmax @ value 2 s^2 (k h);
+    final linear 2 s (k h) d; dense block 2 s (d ff + d ff) per layer; final logits 2 s d V.
+    Backward = 2 x forward. k = head_dim (key size), h = n_heads."""
+    s, n_layers, d, ff, v = seq_len, cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size
+    kh, h = cfg.n_heads * cfg.resolved_head_dim, cfg.n_heads
+    rows = {
+        "embeddings": 2 * s * v * d,
+        "qkv": n_layers * 2 * 3 * s * d * kh,
+        "attention_logits": n_layers * 2 * s * s * kh,
+        "softmax": n_layers * 3 * h * s * s,
+        "softmax_values": n_layers * 2 * s * s * kh,
+        "final_linear": n_layers * 2 * s * kh * d,
+        "dense": n_layers * 2 * s * (d * ff + d * ff),
+        "final_logits": 2 * s * d * v,
+    }
+    factor = {"forward": 1, "backward": 2, "train": 3}[mode]
+    return {k: factor * batch_size * x for k, x in rows.items()}, None
+
+
+def _count_deepseek(cfg, batch_size, seq_len, mode, causal):
+    """DeepSeek LLM (DeepSeek-AI 2024), Eq. 2: non-embedding training FLOPs per token
+    M = 72 n_layer d_model^2 + 12 n_layer d_model l_seq; forward is one third of it."""
+    tokens, n_layers, d = batch_size * seq_len, cfg.n_layers, cfg.d_model
+    terms = {"72Ld^2": 72 * n_layers * d * d * tokens, "12Ld*seq": 12 * n_layers * d * seq_len * tokens}
+    return {k: _share(x, mode) for k, x in terms.items()}, None
+
+
+#: convention name -> function(cfg, batch_size, seq_len, mode, causal) -> (components, transcendentals)
+CONVENTIONS: dict[str, Callable] = {
+    "fma": _count_fma,
+    "no_fma": _count_no_fma,
+    "xla": _count_xla,
+    "6nd": _count_6nd,
+    "kaplan": _count_kaplan,
+    "palm": _count_palm,
+    "megatron": _count_megatron,
+    "megatron-recompute": _count_megatron_recompute,
+    "chinchilla": _count_chinchilla,
+    "deepseek": _count_deepseek,
+}
+#: The conventions that count our model's own components (and take ``causal``).
+COMPONENT_CONVENTIONS = ("fma", "no_fma", "xla")
+
+
+def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str = "forward",
+                convention: str = "xla", causal: bool = False) -> FlopCount:
+    """FLOPs of one forward, backward or training step of ``models.Transformer(cfg)``.
+
+    Args:
+      cfg: the model (ints for exact counts; `jnp` sizes for the differentiable relaxation).
+      batch_size: sequences per step.
+      seq_len: tokens per sequence; None = ``cfg.seq_len``.
+      mode: "forward", "backward" or "train" (forward + backward; for "xla" also AdamW).
+      convention: one of `CONVENTIONS` (see each function's docstring for what it includes).
+      causal: halve the attention-score and attention-value matmuls (the MFU convention of
+        MaxText and Megatron); only for "fma", "no_fma" and "xla", which otherwise count them
+        in full, as XLA does.
+
+    Returns:
+      A `FlopCount`. For "fma", "no_fma" and "xla" the components are `FLOP_COMPONENTS`; for a
+      published formula they are the formula's own terms.
+
+    Example:
+      >>> from models import presets
+      >>> c = count_flops(presets.get("gpt2"), convention="fma", mode="train")
+      >>> c.total == 3 * count_flops(presets.get("gpt2"), convention="fma").total
+      True
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention={convention!r}: unknown; valid: {', '.join(CONVENTIONS)}")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: unknown; valid: {', '.join(MODES)}")
+    if not isinstance(causal, bool):
+        raise ValueError(f"causal={causal!r}: must be True or False")
+    if causal and convention not in COMPONENT_CONVENTIONS:
+        raise ValueError(
+            f"causal=True applies to the conventions {', '.join(COMPONENT_CONVENTIONS)}; "
+            f"the published formula {convention!r} is reproduced as printed"
+        )
+    seq_len = cfg.seq_len if seq_len is None else seq_len
+    _check_positive_int_or_array("batch_size", batch_size)
+    _check_positive_int_or_array("seq_len", seq_len)
+    comps, trans = CONVENTIONS[convention](cfg, batch_size, seq_len, mode, causal)
+    return FlopCount(total=sum(comps.values()), components=comps, transcendentals=trans,
+                     convention=convention, mode=mode)
+
+
+# ----------------------------------------------------------------------------- many shapes at once
+#: The sizes `count_flops_many` can vary.
+VARIABLE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "n_kv_heads", "head_dim")
+
+
+def count_flops_many(template: TransformerConfig, *, batch_size=1, seq_len=None, mode: str = "forward",
+                     convention: str = "xla", causal: bool = False, **sizes) -> Any:
+    """Total FLOPs of many shapes at once: arrays of sizes in, an array of counts out (jitted).
+
+    ``template`` fixes everything not given in ``sizes`` (the options, and the sizes not varied);
+    ``sizes`` maps fields of `VARIABLE_FIELDS` to arrays (broadcast together, float32). The same
+    closed form as `count_flops` runs on whole arrays, so a million shapes cost one fused XLA
+    kernel. Divisibility is not checked: this is the planner's continuous relaxation.
+
+    Example:
+      >>> import numpy as np
+      >>> from models import presets
+      >>> out = count_flops_many(presets.get("gpt2"), d_model=np.array([768.0, 1024.0]),
+      ...                        n_layers=np.array([12.0, 24.0]), convention="fma")
+      >>> out.shape
+      (2,)
+    """
+    unknown = sorted(set(sizes) - set(VARIABLE_FIELDS))
+    if unknown:
+        raise ValueError(f"cannot vary {unknown}; valid: {', '.join(VARIABLE_FIELDS)}")
+    if not sizes:
+        raise ValueError(f"give at least one array of sizes, e.g. d_model=...; valid: {', '.join(VARIABLE_FIELDS)}")
+    # Validate the scalar arguments once, eagerly, with the template.
+    count_flops(template, batch_size=batch_size, seq_len=seq_len, mode=mode, convention=convention, causal=causal)
+    names = tuple(sorted(sizes))
+    fn = _many_fn(template, names, batch_size, seq_len, mode, convention, causal)
+    import jax.numpy as jnp
+
+    return fn(*(jnp.asarray(sizes[n], jnp.float32) for n in names))
+
+
+_MANY_CACHE: dict[tuple, Callable] = {}
+
+
+def _many_fn(template, names, batch_size, seq_len, mode, convention, causal) -> Callable:
+    key = (template, names, batch_size, seq_len, mode, convention, causal)
+    if key not in _MANY_CACHE:
+        import dataclasses
+
+        import jax
+
+        def total(*arrays):
+            cfg = dataclasses.replace(template, **dict(zip(names, arrays)))
+            return count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode,
+                               convention=convention, causal=causal).total
+
+        _MANY_CACHE[key] = jax.jit(total)
+    return _MANY_CACHE[key]

@@ -21,7 +21,7 @@ from fractions import Fraction
 from typing import Any, NamedTuple
 
 from models.config import TransformerConfig
-from planner.params import count_params
+from planner.params import count_params, promote
 
 MODES = ("forward", "backward", "train")
 
@@ -494,6 +494,7 @@ def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str
     seq_len = cfg.seq_len if seq_len is None else seq_len
     _check_positive_int_or_array("batch_size", batch_size)
     _check_positive_int_or_array("seq_len", seq_len)
+    cfg, batch_size, seq_len = promote(cfg, batch_size, seq_len)
     comps, trans = CONVENTIONS[convention](cfg, batch_size, seq_len, mode, causal)
     return FlopCount(total=sum(comps.values()), components=comps, transcendentals=trans,
                      convention=convention, mode=mode)

@@ -35,6 +35,28 @@ class ParamCount(NamedTuple):
     components: dict[str, Any]
 
 
+def promote(cfg: TransformerConfig, *extra):
+    """For a relaxed config, every size (and each of ``extra``) as an array of the relaxed dtype.
+
+    Python ints mixed into array arithmetic would be parsed as int32 and overflow (a product of
+    sizes easily passes 2^31); as floats they cannot. Exact configs are returned unchanged.
+    """
+    from models.config import OPTIONAL_SIZE_FIELDS, SIZE_FIELDS, is_relaxed
+
+    values = [getattr(cfg, n) for n in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS] + list(extra)
+    relaxed = [v for v in values if v is not None and is_relaxed(v)]
+    if not relaxed:
+        return (cfg, *extra) if extra else cfg
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    dtype = jnp.result_type(*relaxed)
+    conv = lambda v: v if v is None or is_relaxed(v) else jnp.asarray(v, dtype)  # noqa: E731
+    new = dataclasses.replace(cfg, **{n: conv(getattr(cfg, n)) for n in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS})
+    return (new, *map(conv, extra)) if extra else new
+
+
 def _linear(n_in, n_out, bias: bool):
     return n_in * n_out + (n_out if bias else 0)
 
@@ -84,7 +106,7 @@ def count_params(cfg: TransformerConfig) -> ParamCount:
       >>> count_params(presets.get("gpt2")).total  # Hugging Face gpt2: 124,439,808
       124439808
     """
-    comps = param_components(cfg)
+    comps = param_components(promote(cfg))
     total = sum(comps.values())
     embedding = sum(comps[name] for name in EMBEDDING_COMPONENTS)
     return ParamCount(total=total, embedding=embedding, non_embedding=total - embedding, components=comps)

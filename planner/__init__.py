@@ -1,11 +1,36 @@
 """scaling-planner: what a transformer costs, and what shape to train.
 
 >>> from models import presets
->>> from planner import count_params
+>>> from planner import count_params, count_flops
 >>> count_params(presets.get("llama-2-7b")).total
 6738415616
+>>> count_flops(presets.get("gpt2"), convention="6nd", mode="train").total == 6 * 124439808 * 1024
+True
 """
 
+from planner.flops import (
+    CONVENTIONS,
+    FLOP_COMPONENTS,
+    FlopCount,
+    Matmul,
+    count_flops,
+    count_flops_many,
+    forward_matmuls,
+    step_matmuls,
+)
 from planner.params import PARAM_COMPONENTS, ParamCount, count_params, param_components
 
-__all__ = ["PARAM_COMPONENTS", "ParamCount", "count_params", "param_components"]
+__all__ = [
+    "CONVENTIONS",
+    "FLOP_COMPONENTS",
+    "FlopCount",
+    "Matmul",
+    "PARAM_COMPONENTS",
+    "ParamCount",
+    "count_flops",
+    "count_flops_many",
+    "count_params",
+    "forward_matmuls",
+    "param_components",
+    "step_matmuls",
+]

@@ -312,8 +312,9 @@ def _count_xla(cfg, batch_size, seq_len, mode, causal):
     Matmuls count 2*m*n*p; elementwise ops 1 per output element; reductions (n - 1) per output;
     exp, log, tanh, logistic, rsqrt, sin, cos, power, sqrt count as transcendentals, not FLOPs.
     Mode "backward" is everything of "train" that is neither the forward nor the optimizer:
-    the loss (forward and backward) and the backward pass. Exact for seq_len >= 2 and
-    head_dim >= 4 (smaller sizes let jnp fold or reshape some ops; see tests/test_flops.py).
+    the loss (forward and backward) and the backward pass. Exact (up to XLA's float32 rounding)
+    when every size is >= 2 and head_dim >= 4: a size-1 axis lets jnp fold or reshape a few ops,
+    which moves the count by a handful of FLOPs (tests/test_flops.py).
     """
     comps, _ = _count_fma(cfg, batch_size, seq_len, mode, causal)
     trans = 0

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from models import presets
 from models.config import OPTIONAL_SIZE_FIELDS, SIZE_FIELDS, TransformerConfig, field_names
 from planner.format import human, table
+from planner.flops import COMPONENT_CONVENTIONS, CONVENTIONS, MODES, count_flops
 from planner.params import count_params
 
 _BOOL_FIELDS = ("tied_embeddings", "bias", "embed_scale", "qkv_bias")
@@ -96,16 +97,60 @@ def _config_json(cfg: TransformerConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _num(x):
+    """An exact count for JSON: ints stay ints; a half (Fraction) or array becomes a float."""
+    return x if isinstance(x, int) else float(x)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    return 1 if args.batch is None else args.batch
+
+
+def _flop_args_given(args: argparse.Namespace) -> bool:
+    return args.flops or any(getattr(args, a) is not None for a in ("mode", "convention", "batch", "seq")) or args.causal
+
+
+def _flop_counts(cfg: TransformerConfig, args: argparse.Namespace) -> dict:
+    mode = args.mode or "forward"
+    conv = args.convention or "xla"
+    names = list(CONVENTIONS) if conv == "all" else [conv]
+    if conv != "all" and conv not in CONVENTIONS:
+        raise UsageError(f"--convention {conv!r}: unknown; valid: {', '.join(CONVENTIONS)}, all")
+    out = {}
+    for name in names:
+        if conv == "all" and name == "megatron-recompute" and mode != "train":
+            continue  # a whole-iteration count only
+        causal = args.causal and (name in COMPONENT_CONVENTIONS or conv != "all")
+        out[name] = count_flops(cfg, batch_size=_batch(args), seq_len=args.seq, mode=mode,
+                                convention=name, causal=causal)
+    return out
+
+
 def cmd_count(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     pc = count_params(cfg)
+    flops = _flop_counts(cfg, args) if _flop_args_given(args) else None
+    seq = cfg.seq_len if args.seq is None else args.seq
+    tokens = (_batch(args)) * seq
     if args.json:
-        print(json.dumps({
+        data = {
             "preset": args.preset,
             "config": _config_json(cfg),
             "params": {"total": pc.total, "embedding": pc.embedding,
                        "non_embedding": pc.non_embedding, "components": pc.components},
-        }, indent=2))
+        }
+        if flops is not None:
+            data["flops"] = {
+                "mode": args.mode or "forward", "batch_size": _batch(args), "seq_len": seq,
+                "causal": args.causal,
+                "conventions": {
+                    name: {"total": _num(c.total), "per_token": float(c.total) / tokens,
+                           "transcendentals": c.transcendentals,
+                           "components": {k: _num(v) for k, v in c.components.items()}}
+                    for name, c in flops.items()
+                },
+            }
+        print(json.dumps(data, indent=2))
         return 0
     name = args.preset or "custom config"
     print(f"{name}: {human(pc.total)} parameters ({pc.total:,})")
@@ -113,12 +158,42 @@ def cmd_count(args: argparse.Namespace) -> int:
           f"n_kv_heads={cfg.resolved_n_kv_heads} head_dim={cfg.resolved_head_dim} d_ff={cfg.d_ff} "
           f"vocab={cfg.vocab_size} seq_len={cfg.seq_len} mlp={cfg.mlp} norm={cfg.norm} "
           f"position={cfg.position} tied={cfg.tied_embeddings}\n")
-    rows = [(c, f"{n:,}", f"{100 * n / pc.total:.2f}%") for c, n in pc.components.items()]
-    rows += [("total", f"{pc.total:,}", "100.00%"),
-             ("embedding (token + position + head)", f"{pc.embedding:,}", f"{100 * pc.embedding / pc.total:.2f}%"),
-             ("non-embedding", f"{pc.non_embedding:,}", f"{100 * pc.non_embedding / pc.total:.2f}%")]
-    print(table(("component", "parameters", "share"), rows))
+    if flops is None:
+        rows = [(c, f"{n:,}", f"{100 * n / pc.total:.2f}%") for c, n in pc.components.items()]
+        rows += [("total", f"{pc.total:,}", "100.00%"),
+                 ("embedding (token + position + head)", f"{pc.embedding:,}", f"{100 * pc.embedding / pc.total:.2f}%"),
+                 ("non-embedding", f"{pc.non_embedding:,}", f"{100 * pc.non_embedding / pc.total:.2f}%")]
+        print(table(("component", "parameters", "share"), rows))
+        return 0
+    print(_flops_text(flops, args.mode or "forward", _batch(args), seq, args.causal))
     return 0
+
+
+def _flops_text(flops: dict, mode: str, batch: int, seq: int, causal: bool) -> str:
+    tokens = batch * seq
+    head = (f"FLOPs, mode={mode}, batch={batch} x seq={seq} = {tokens:,} tokens"
+            + (", causal: attention matmuls halved (fma, no_fma, xla; published formulas as printed)"
+               if causal else ""))
+    lines = [head, ""]
+    comp = [n for n in flops if n in COMPONENT_CONVENTIONS]
+    if comp:
+        first = flops[comp[0]]
+        rows = [(k, *(f"{float(flops[n].components[k]):.4g}" for n in comp)) for k in first.components]
+        rows.append(("total", *(f"{float(flops[n].total):.4g}" for n in comp)))
+        if "xla" in comp:
+            rows.append(("transcendentals (xla)", *(
+                f"{float(flops[n].transcendentals):.4g}" if flops[n].transcendentals is not None else "-"
+                for n in comp)))
+        lines += [table(("component", *comp), rows), ""]
+    published = [n for n in flops if n not in COMPONENT_CONVENTIONS]
+    if len(flops) == 1 and published:
+        c = flops[published[0]]
+        rows = [(k, f"{float(v):.4g}") for k, v in c.components.items()] + [("total", f"{float(c.total):.4g}")]
+        lines += [table((f"{published[0]} term", "FLOPs"), rows), ""]
+    if len(flops) > 1:
+        rows = [(n, f"{float(c.total):.4g}", f"{float(c.total) / tokens:.4g}") for n, c in flops.items()]
+        lines += [table(("convention", "total FLOPs", "per token"), rows), ""]
+    return "\n".join(lines).rstrip()
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -140,8 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("count", help="count a model's parameters, per component")
+    p = sub.add_parser("count", help="count a model's parameters, and with --flops its FLOPs, per component")
     _add_config_args(p)
+    p.add_argument("--flops", action="store_true", help="count FLOPs (any of the options below implies it)")
+    p.add_argument("--mode", choices=MODES, help="forward (default), backward or train")
+    p.add_argument("--convention", metavar="NAME",
+                   help=f"xla (default), all, or one of: {', '.join(CONVENTIONS)}")
+    p.add_argument("--batch", type=int, metavar="B", help="sequences per step (default 1)")
+    p.add_argument("--seq", type=int, metavar="T", help="tokens per sequence (default: the config's seq_len)")
+    p.add_argument("--causal", action="store_true",
+                   help="halve the attention matmuls (MFU convention; fma, no_fma, xla only)")
     p.set_defaults(func=cmd_count)
 
     p = sub.add_parser("presets", help="list the named configs and their sources")

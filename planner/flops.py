@@ -495,6 +495,12 @@ def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str
     seq_len = cfg.seq_len if seq_len is None else seq_len
     _check_positive_int_or_array("batch_size", batch_size)
     _check_positive_int_or_array("seq_len", seq_len)
+    if (cfg.position == "learned" and isinstance(seq_len, int) and isinstance(cfg.seq_len, int)
+            and seq_len > cfg.seq_len):
+        raise ValueError(
+            f"seq_len={seq_len}: exceeds the learned position table (cfg.seq_len={cfg.seq_len}); "
+            "pass at most cfg.seq_len, or raise cfg.seq_len"
+        )
     cfg, batch_size, seq_len = promote(cfg, batch_size, seq_len)
     comps, trans = CONVENTIONS[convention](cfg, batch_size, seq_len, mode, causal)
     return FlopCount(total=sum(comps.values()), components=comps, transcendentals=trans,

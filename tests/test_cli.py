@@ -73,3 +73,36 @@ def test_console_entry_points():
     res = subprocess.run([sys.executable, "-m", "planner", "count", "--preset", "tiny-gpt"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "43,440" in res.stdout
+
+
+def test_count_flops_all_conventions_json(capsys):
+    code, out, _ = run(capsys, "count", "--preset", "gpt2", "--convention", "all", "--mode", "train",
+                       "--batch", "2", "--seq", "512", "--json")
+    assert code == 0
+    f = json.loads(out)["flops"]
+    assert (f["mode"], f["batch_size"], f["seq_len"]) == ("train", 2, 512)
+    convs = f["conventions"]
+    assert {"fma", "no_fma", "xla", "6nd", "kaplan", "palm", "megatron", "chinchilla", "deepseek"} <= set(convs)
+    assert convs["6nd"]["total"] == 6 * 124_439_808 * 1024
+    assert convs["xla"]["total"] == sum(convs["xla"]["components"].values())
+    assert convs["fma"]["per_token"] == convs["fma"]["total"] / 1024
+
+
+def test_count_flops_table(capsys):
+    code, out, _ = run(capsys, "count", "--preset", "llama-2-7b", "--flops", "--causal")
+    assert code == 0 and "attn_scores" in out and "causal" in out and "transcendentals" in out
+    code, out, _ = run(capsys, "count", "--preset", "llama-2-7b", "--convention", "palm")
+    assert code == 0 and "12LHQT" in out
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["count", "--preset", "gpt2", "--batch", "0"], "batch_size=0"),
+    (["count", "--preset", "gpt2", "--seq", "4096"], "exceeds the learned position table"),
+    (["count", "--preset", "gpt2", "--convention", "flop"], "--convention 'flop': unknown"),
+    (["count", "--preset", "gpt2", "--mode", "infer"], "invalid choice: 'infer'"),
+    (["count", "--preset", "gpt2", "--convention", "6nd", "--causal"], "causal=True applies to"),
+    (["count", "--preset", "gpt2", "--batch", "two"], "invalid int value: 'two'"),
+])
+def test_flop_flags_bad_input(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and not out and err.startswith("error: ") and err.count("\n") == 1 and needle in err

@@ -313,3 +313,9 @@ def test_bad_arguments():
         count_flops(cfg, convention="megatron-recompute")
     with pytest.raises(ValueError, match="cannot vary"):
         count_flops_many(cfg, seq_len_=np.ones(3))
+
+
+def test_learned_positions_cap_the_sequence():
+    with pytest.raises(ValueError, match=r"seq_len=2048: exceeds the learned position table \(cfg.seq_len=1024\)"):
+        count_flops(presets.get("gpt2"), seq_len=2048)
+    assert count_flops(presets.get("llama-2-7b"), seq_len=8192).total > 0  # RoPE has no table

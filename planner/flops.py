@@ -16,11 +16,16 @@ exactly as XLA's HLO cost analysis counts it for `models.Transformer` and `model
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any, NamedTuple
 
-from models.config import TransformerConfig
+import jax
+import jax.numpy as jnp
+
+from models.config import TransformerConfig, is_relaxed
 from planner.params import count_params, promote
 
 MODES = ("forward", "backward", "train")
@@ -76,8 +81,6 @@ def _zeros() -> dict[str, Any]:
 
 
 def _check_positive_int_or_array(name: str, value: Any) -> None:
-    from models.config import is_relaxed
-
     if is_relaxed(value):
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -241,16 +244,12 @@ def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
 
 def _rope_table_flops(t, hd):
     """positions x frequencies: one multiply per (position, pair); the frequencies are constants."""
-    return t * hd // 2 if isinstance(t * hd, int) else t * hd / 2
+    return _half(t * hd)
 
 
 def _rope_table_transcendentals(t, hd):
     """cos and sin of every angle: t * head_dim / 2 each."""
     return t * hd
-
-
-def _halve(x):
-    return x // 2 if isinstance(x, int) else x / 2
 
 
 def _xla_backward_extra(cfg: TransformerConfig, b, t) -> dict[str, Any]:
@@ -280,7 +279,7 @@ def _xla_backward_extra(cfg: TransformerConfig, b, t) -> dict[str, Any]:
     c["v"] = n_layers * ((bias_grad(kv * hd) if qkv_bias else 0) + tokens * d)
     if cfg.position == "rope":
         # the transposed rotation: 4.5 per element of q and k
-        c["rope"] = n_layers * 9 * tokens * (h + kv) * _halve(hd)
+        c["rope"] = n_layers * 9 * tokens * (h + kv) * _half(hd)
     c["attn_scores"] = n_layers * 2 * scores  # through the causal select and the 1/sqrt(hd) scale
     c["softmax"] = n_layers * (6 * scores + 2 * b * h * t)
     c["attn_out"] = n_layers * (bias_grad(d) if bias else 0)
@@ -538,25 +537,16 @@ def count_flops_many(template: TransformerConfig, *, batch_size=1, seq_len=None,
     count_flops(template, batch_size=batch_size, seq_len=seq_len, mode=mode, convention=convention, causal=causal)
     names = tuple(sorted(sizes))
     fn = _many_fn(template, names, batch_size, seq_len, mode, convention, causal)
-    import jax.numpy as jnp
-
     return fn(*(jnp.asarray(sizes[n], jnp.float32) for n in names))
 
 
-_MANY_CACHE: dict[tuple, Callable] = {}
-
-
+@functools.lru_cache(maxsize=64)
 def _many_fn(template, names, batch_size, seq_len, mode, convention, causal) -> Callable:
-    key = (template, names, batch_size, seq_len, mode, convention, causal)
-    if key not in _MANY_CACHE:
-        import dataclasses
+    """The jitted total for one template and set of varied fields (cached: compiled once)."""
 
-        import jax
+    def total(*arrays):
+        cfg = dataclasses.replace(template, **dict(zip(names, arrays)))
+        return count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode,
+                           convention=convention, causal=causal).total
 
-        def total(*arrays):
-            cfg = dataclasses.replace(template, **dict(zip(names, arrays)))
-            return count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode,
-                               convention=convention, causal=causal).total
-
-        _MANY_CACHE[key] = jax.jit(total)
-    return _MANY_CACHE[key]
+    return jax.jit(total)

@@ -6,9 +6,12 @@ same code gives differentiable floats under `jit`, `vmap` and `grad`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
-from models.config import TransformerConfig
+import jax.numpy as jnp
+
+from models.config import OPTIONAL_SIZE_FIELDS, SIZE_FIELDS, TransformerConfig, is_relaxed
 
 #: Component names, in the order of the forward pass. Every count has all of them (0 if absent).
 PARAM_COMPONENTS = (
@@ -41,16 +44,10 @@ def promote(cfg: TransformerConfig, *extra):
     Python ints mixed into array arithmetic would be parsed as int32 and overflow (a product of
     sizes easily passes 2^31); as floats they cannot. Exact configs are returned unchanged.
     """
-    from models.config import OPTIONAL_SIZE_FIELDS, SIZE_FIELDS, is_relaxed
-
     values = [getattr(cfg, n) for n in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS] + list(extra)
     relaxed = [v for v in values if v is not None and is_relaxed(v)]
     if not relaxed:
         return (cfg, *extra) if extra else cfg
-    import dataclasses
-
-    import jax.numpy as jnp
-
     dtype = jnp.result_type(*relaxed)
     conv = lambda v: v if v is None or is_relaxed(v) else jnp.asarray(v, dtype)  # noqa: E731
     new = dataclasses.replace(cfg, **{n: conv(getattr(cfg, n)) for n in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS})

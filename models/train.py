@@ -49,7 +49,8 @@ def adamw(learning_rate: float = 3e-4, *, b1: float = 0.9, b2: float = 0.95,
 def lm_loss(model: Transformer, inputs: jax.Array, targets: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy of ``model(inputs)`` against ``targets`` (both (batch, seq))."""
     logits = model(inputs)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    with jax.named_scope("loss"):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx"))
@@ -60,8 +61,9 @@ def train_step(params, opt_state, inputs, targets, *, graphdef, tx):
         return lm_loss(nnx.merge(graphdef, p), inputs, targets)
 
     loss, grads = jax.value_and_grad(loss_of)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    with jax.named_scope("optimizer"):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
 
 
 def make_train_step(graphdef, tx):

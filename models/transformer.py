@@ -43,6 +43,9 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+scope = jax.named_scope  # tags ops with a FLOP component name; costs nothing
+
+
 def _norm(cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype) -> nnx.Module:
     if cfg.norm == "layernorm":
         return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, use_bias=cfg.bias, dtype=dtype, rngs=rngs)
@@ -66,17 +69,27 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         kv, hd = self.n_kv_heads, self.head_dim
         groups = self.n_heads // kv
-        q = self.q(x).reshape(b, t, kv, groups, hd)
-        k = self.k(x).reshape(b, t, kv, hd)
-        v = self.v(x).reshape(b, t, kv, hd)
+        # Named scopes tag every op (and its transpose) with the FLOP component it belongs to,
+        # so the XLA validation can attribute HLO instructions (planner.flops.FLOP_COMPONENTS).
+        with scope("q"):
+            q = self.q(x).reshape(b, t, kv, groups, hd)
+        with scope("k"):
+            k = self.k(x).reshape(b, t, kv, hd)
+        with scope("v"):
+            v = self.v(x).reshape(b, t, kv, hd)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (1.0 / math.sqrt(hd))
-        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-        scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-        probs = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, self.n_heads * hd)
-        return self.o(out)
+            with scope("rope"):
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        with scope("attn_scores"):
+            scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (1.0 / math.sqrt(hd))
+            causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+            scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
+        with scope("softmax"):
+            probs = jax.nn.softmax(scores, axis=-1)
+        with scope("attn_values"):
+            out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, self.n_heads * hd)
+        with scope("attn_out"):
+            return self.o(out)
 
 
 class MLP(nnx.Module):
@@ -90,13 +103,20 @@ class MLP(nnx.Module):
         self.down = lin(cfg.d_ff, cfg.d_model)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.kind == "gelu":
-            h = jax.nn.gelu(self.up(x), approximate=True)
-        elif self.kind == "swiglu":
-            h = jax.nn.silu(self.gate(x)) * self.up(x)
-        else:  # geglu
-            h = jax.nn.gelu(self.gate(x), approximate=True) * self.up(x)
-        return self.down(h)
+        with scope("mlp_in"):
+            up = self.up(x)
+        if self.gate is not None:
+            with scope("mlp_gate"):
+                gate = self.gate(x)
+        with scope("activation"):
+            if self.kind == "gelu":
+                h = jax.nn.gelu(up, approximate=True)
+            elif self.kind == "swiglu":
+                h = jax.nn.silu(gate) * up
+            else:  # geglu
+                h = jax.nn.gelu(gate, approximate=True) * up
+        with scope("mlp_out"):
+            return self.down(h)
 
 
 class Block(nnx.Module):
@@ -109,8 +129,16 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), rope)
-        return x + self.mlp(self.mlp_norm(x))
+        with scope("norms"):
+            h = self.attn_norm(x)
+        h = self.attn(h, rope)
+        with scope("residual"):
+            x = x + h
+        with scope("norms"):
+            h = self.mlp_norm(x)
+        h = self.mlp(h)
+        with scope("residual"):
+            return x + h
 
 
 class Transformer(nnx.Module):
@@ -164,12 +192,18 @@ class Transformer(nnx.Module):
                 f"sequence length {t} exceeds seq_len={cfg.seq_len}, the size of the learned "
                 "position table; pass at most seq_len tokens"
             )
-        x = self.embed(tokens)
-        if cfg.embed_scale:
-            x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed.embedding[...][:t].astype(x.dtype)
-        rope = rope_tables(t, cfg.resolved_head_dim, cfg.rope_theta) if cfg.position == "rope" else None
+        with scope("embedding"):
+            x = self.embed(tokens)
+            if cfg.embed_scale:
+                x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)
+            if self.pos_embed is not None:
+                x = x + self.pos_embed.embedding[...][:t].astype(x.dtype)
+        rope = None
+        if cfg.position == "rope":
+            # Constants of the step: stop_gradient keeps the scanned backward from summing
+            # cotangents for them across layers (work the unrolled program never does).
+            with scope("rope"):
+                rope = jax.lax.stop_gradient(rope_tables(t, cfg.resolved_head_dim, cfg.rope_theta))
 
         if self.scan_layers:
             @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry)
@@ -181,5 +215,7 @@ class Transformer(nnx.Module):
             for block in self.layers:
                 x = block(x, rope)
 
-        x = self.final_norm(x)
-        return self.embed.attend(x) if self.head is None else self.head(x)
+        with scope("norms"):
+            x = self.final_norm(x)
+        with scope("logits"):
+            return self.embed.attend(x) if self.head is None else self.head(x)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from models import presets
 from models.config import OPTIONAL_SIZE_FIELDS, SIZE_FIELDS, TransformerConfig, field_names
-from planner.format import human, table
+from planner.format import Progress, human, table
 from planner.flops import COMPONENT_CONVENTIONS, CONVENTIONS, MODES, count_flops
 from planner.params import count_params
 
@@ -210,6 +210,83 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validation_text(name: str, r) -> str:
+    stage = r.stage + (", layers under nnx.scan" if r.scan_layers else ", layers unrolled")
+    lines = [f"{name}: {r.mode}, batch {r.batch_size} x seq {r.seq_len}, {stage}, float32", ""]
+    rows = [
+        ("FLOPs", f"{r.xla_flops:.6g}", f"{float(r.predicted_flops):.6g}", f"{r.rel_error:+.2e}"),
+        ("dot FLOPs (HLO text)", f"{r.xla_dot_flops:.6g}", f"{float(r.predicted_dot_flops):.6g}",
+         "exact" if r.dots_exact else f"{r.xla_dot_flops - r.predicted_dot_flops:+,}"),
+        ("transcendentals", f"{r.xla_transcendentals:.6g}", f"{float(r.predicted_transcendentals):.6g}",
+         f"{r.transcendental_rel_error:+.2e}"),
+    ]
+    lines += [table(("", "XLA", "closed form", "difference"), rows), ""]
+    rows = [(k, f"{float(c.predicted):.4g}", f"{float(c.predicted_dots):.4g}", f"{c.hlo_dots:.4g}")
+            for k, c in r.components.items() if c.predicted or c.hlo_dots]
+    lines += [table(("component", "closed form", "of which dots", "HLO dots"), rows), ""]
+    lines += ["notes:"] + [f"- {n}" for n in r.notes] + [""]
+    tol = ("dot FLOPs exact" if r.stage == "compiled"
+           else "dot FLOPs exact, total within 0.5%, transcendentals within 1%")
+    lines.append(f"verdict: {'OK' if r.ok else 'OUTSIDE TOLERANCE'} ({tol})")
+    return "\n".join(lines)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from planner.validate import default_grid, validate
+
+    if args.grid:
+        if args.preset or args.set:
+            raise UsageError("--grid runs the built-in sweep; drop --preset/--set, or drop --grid")
+        return _validate_grid(args, default_grid())
+    if args.preset is None and not args.set:
+        raise UsageError("give --preset NAME, --set field=value ..., or --grid")
+    cfg = config_from_args(args)
+    r = validate(cfg, batch_size=_batch(args), seq_len=args.seq, mode=args.mode or "forward",
+                 stage=args.stage, scan_layers=args.scan)
+    if args.json:
+        print(json.dumps({"preset": args.preset, **r.to_json()}, indent=2))
+    else:
+        print(_validation_text(args.preset or "custom config", r))
+    return 0 if r.ok else 1
+
+
+def _validate_grid(args: argparse.Namespace, grid) -> int:
+    import statistics
+    import time
+
+    from planner.validate import validate
+
+    modes = [args.mode] if args.mode else ["forward", "train"]
+    scans = [args.scan] if args.scan else [False, True]
+    jobs = [(label, cfg, b, t, m, s) for label, cfg, b, t in grid for m in modes for s in scans]
+    bar = Progress(len(jobs), sys.stderr)
+    results, t0 = [], time.perf_counter()
+    for label, cfg, b, t, mode, scan in jobs:
+        r = validate(cfg, batch_size=b, seq_len=t, mode=mode, stage=args.stage, scan_layers=scan)
+        results.append((label, r))
+        bar.step(f"{label} {mode}{' scan' if scan else ''}")
+    seconds = time.perf_counter() - t0
+    errs = [abs(r.rel_error) for _, r in results]
+    terrs = [abs(r.transcendental_rel_error) for _, r in results]
+    failed = [(label, r) for label, r in results if not r.ok]
+    if args.json:
+        print(json.dumps({
+            "runs": len(results), "failed": len(failed), "seconds": seconds,
+            "max_rel_error": max(errs), "median_rel_error": statistics.median(errs),
+            "max_transcendental_rel_error": max(terrs),
+            "results": [{"label": label, **r.to_json()} for label, r in results],
+        }, indent=2))
+    else:
+        rows = [(label, r.mode, "scan" if r.scan_layers else "loop", f"{r.rel_error:+.1e}",
+                 f"{r.transcendental_rel_error:+.1e}", "exact" if r.dots_exact else "DIFF",
+                 "ok" if r.ok else "FAIL") for label, r in results]
+        print(table(("config", "mode", "layers", "FLOP err", "transc. err", "dots", ""), rows, "lllrrll"))
+        print(f"\n{len(results)} validations ({args.stage}) in {seconds:.1f} s: max |error| {max(errs):.2e}, "
+              f"median {statistics.median(errs):.2e}; transcendentals max {max(terrs):.2e}; "
+              f"{len(failed)} outside tolerance")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="planner", description="What a transformer costs, and what shape to train.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -226,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--causal", action="store_true",
                    help="halve the attention matmuls (MFU convention; fma, no_fma, xla only)")
     p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("validate", help="compare the closed form with XLA's cost analysis, per component")
+    _add_config_args(p)
+    p.add_argument("--grid", action="store_true", help="run the built-in sweep of 24 configs")
+    p.add_argument("--mode", choices=("forward", "train"), help="forward (default) or train; --grid: both")
+    p.add_argument("--stage", choices=("lowered", "compiled"), default="lowered",
+                   help="cost analysis of the lowered (default) or compiled program")
+    p.add_argument("--batch", type=int, metavar="B", help="sequences (default 1)")
+    p.add_argument("--seq", type=int, metavar="T", help="tokens per sequence (default: the config's seq_len)")
+    p.add_argument("--scan", action="store_true", help="layers under nnx.scan (--grid: both ways by default)")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("presets", help="list the named configs and their sources")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

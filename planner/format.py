@@ -25,3 +25,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str |
     ).rstrip()
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(cells[0]), rule, *map(fmt, cells[1:])])
+
+
+class Progress:
+    """A one-line progress bar on a stream (stderr): ``[#####.....] 12/24 label``."""
+
+    def __init__(self, total: int, stream, width: int = 30):
+        self.total, self.stream, self.width, self.done = total, stream, width, 0
+
+    def step(self, label: str = "") -> None:
+        self.done += 1
+        filled = self.width * self.done // max(self.total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        end = "\n" if self.done >= self.total else ""
+        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label[:60]:<60}{end}")
+        self.stream.flush()

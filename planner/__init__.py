@@ -19,6 +19,7 @@ from planner.flops import (
     step_matmuls,
 )
 from planner.params import PARAM_COMPONENTS, ParamCount, count_params, param_components
+from planner.validation import ValidationReport, default_grid, validate
 
 __all__ = [
     "CONVENTIONS",
@@ -33,4 +34,7 @@ __all__ = [
     "forward_matmuls",
     "param_components",
     "step_matmuls",
+    "ValidationReport",
+    "default_grid",
+    "validate",
 ]

@@ -232,7 +232,7 @@ def _validation_text(name: str, r) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from planner.validate import default_grid, validate
+    from planner.validation import default_grid, validate
 
     if args.grid:
         if args.preset or args.set:
@@ -254,7 +254,7 @@ def _validate_grid(args: argparse.Namespace, grid) -> int:
     import statistics
     import time
 
-    from planner.validate import validate
+    from planner.validation import validate
 
     modes = [args.mode] if args.mode else ["forward", "train"]
     scans = [args.scan] if args.scan else [False, True]

@@ -7,10 +7,10 @@ import jax
 import pytest
 
 from models import presets
-from planner import validate as vmod
+from planner import validation as vmod
 from planner.cli import main
 from planner.hlo import cost_of, parse_hlo
-from planner.validate import default_grid, validate
+from planner.validation import default_grid, validate
 
 GRID = default_grid()
 

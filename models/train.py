@@ -53,7 +53,7 @@ def lm_loss(model: Transformer, inputs: jax.Array, targets: jax.Array) -> jax.Ar
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "tx"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx"), donate_argnames=("params", "opt_state"))
 def train_step(params, opt_state, inputs, targets, *, graphdef, tx):
     """One AdamW step on the mean next-token cross-entropy. Returns (params, opt_state, loss)."""
 

@@ -287,6 +287,93 @@ def _validate_grid(args: argparse.Namespace, grid) -> int:
     return 1 if failed else 0
 
 
+def cmd_hardware(args: argparse.Namespace) -> int:
+    import hardware
+
+    specs = [hardware.get(n) for n in hardware.names()]
+    if args.json:
+        print(json.dumps({s.name: dataclasses.asdict(s) for s in specs}, indent=2, default=list))
+        return 0
+    rows = []
+    for s in specs:
+        peaks = " ".join(f"{k} {human(v, 'FLOP/s')}" for k, v in sorted(s.peak_flops.items()))
+        rows.append((s.name, peaks, human(s.hbm_bytes, "B"), human(s.hbm_bandwidth, "B/s"),
+                     f"{s.interconnect} {human(s.interconnect_bandwidth, 'B/s')} x{s.domain_size}",
+                     human(s.inter_node_bandwidth, "B/s")))
+    print(table(("chip", "peak (dense)", "HBM", "HBM bandwidth", "interconnect, domain", "inter-node"),
+                rows, "llrrll"))
+    if args.sources:
+        for s in specs:
+            print(f"\n{s.name}:")
+            for field, src in s.sources.items():
+                print(f"  {field}: {src}")
+    else:
+        print("\nEvery number has a source and date: planner hardware --sources (or the TOML files "
+              "in hardware/specs/). A spec file of your own: --hardware path/to/chip.toml")
+    return 0
+
+
+def cmd_time(args: argparse.Namespace) -> int:
+    from planner.memory import estimate_memory
+    from planner.roofline import roofline
+
+    if args.hardware is None:
+        raise UsageError("give --hardware NAME (see 'planner hardware') or a spec file path")
+    cfg = config_from_args(args)
+    import hardware
+
+    spec = hardware.get(args.hardware)
+    r = roofline(cfg, hardware=spec, chips=args.chips, batch_size=_batch(args), seq_len=args.seq,
+                 dtype=args.dtype, param_dtype=args.param_dtype)
+    m = estimate_memory(cfg, batch_size=_batch(args), seq_len=args.seq, chips=args.chips, dtype=args.dtype,
+                        param_dtype=args.param_dtype, remat=args.remat, hardware=spec)
+    seq = cfg.seq_len if args.seq is None else args.seq
+    if args.json:
+        print(json.dumps({
+            "preset": args.preset, "config": _config_json(cfg), "hardware": spec.name, "chips": args.chips,
+            "batch_size": _batch(args), "seq_len": seq, "dtype": args.dtype,
+            "step_time_s": r.step_time, "compute_time_s": r.compute_time, "comm_time_s": r.comm_time,
+            "tokens_per_s": r.tokens_per_s, "mfu": r.mfu, "model_flops": _num(r.model_flops),
+            "components": {k: {"flops": _num(c.flops), "bytes": _num(c.bytes), "time_s": c.time, "bound": c.bound}
+                           for k, c in r.components.items()},
+            "memory_per_chip": {k: float(getattr(m, k)) for k in
+                                ("params", "grads", "optimizer", "activations", "logits", "total")},
+            "hbm_bytes": m.hbm_bytes, "fits": bool(m.fits),
+        }, indent=2))
+        return 0
+    print(f"{args.preset or 'custom config'} on {args.chips} x {spec.name}, {args.dtype}, global batch "
+          f"{_batch(args)} x {seq} tokens, data parallel\n")
+    rows = [(k, f"{float(c.flops):.3g}", human(float(c.bytes), "B"), f"{c.time * 1e3:.3f}", c.bound)
+            for k, c in r.components.items() if c.flops or c.bytes]
+    print(table(("component", "FLOPs/chip", "bytes/chip", "ms", "bound"), rows, "lrrrl"))
+    print(f"\nstep time     {r.step_time * 1e3:.2f} ms  (compute {r.compute_time * 1e3:.2f} ms "
+          f"+ gradient all-reduce {r.comm_time * 1e3:.2f} ms)")
+    print(f"throughput    {human(r.tokens_per_s, 'tokens/s')}")
+    print(f"MFU           {100 * r.mfu:.1f}%  (model FLOPs = fma training count, attention in full)")
+    print(f"memory/chip   {human(float(m.total), 'B')} of {human(spec.hbm_bytes, 'B')}: "
+          f"params {human(float(m.params), 'B')}, grads {human(float(m.grads), 'B')}, "
+          f"AdamW {human(float(m.optimizer), 'B')}, activations {human(float(m.activations), 'B')}"
+          f"{' (remat)' if args.remat else ''}, logits {human(float(m.logits), 'B')} -> "
+          f"{'fits' if m.fits else 'DOES NOT FIT'}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import hardware
+
+    spec = hardware.calibrate(seconds=args.seconds)
+    if args.out:
+        hardware.save(spec, args.out)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(spec), indent=2, default=list))
+    else:
+        peaks = ", ".join(f"{k} {human(v, 'FLOP/s')}" for k, v in spec.peak_flops.items())
+        print(f"{spec.name}: matmul {peaks}; memory {human(spec.hbm_bandwidth, 'B/s')}")
+        print(f"written to {args.out} (use it as --hardware {args.out})" if args.out
+              else "not written: add --out FILE to keep it as a target")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="planner", description="What a transformer costs, and what shape to train.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -314,6 +401,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=int, metavar="T", help="tokens per sequence (default: the config's seq_len)")
     p.add_argument("--scan", action="store_true", help="layers under nnx.scan (--grid: both ways by default)")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("hardware", help="the shipped hardware targets, with their sources")
+    p.add_argument("--sources", action="store_true", help="print the source of every number")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_hardware)
+
+    p = sub.add_parser("time", help="roofline step time, MFU and memory per chip on a target")
+    _add_config_args(p)
+    p.add_argument("--hardware", metavar="NAME", help="a target name, alias, or spec file (.toml)")
+    p.add_argument("--chips", type=int, default=1, help="data-parallel chips (default 1)")
+    p.add_argument("--batch", type=int, metavar="B", help="global sequences per step (default 1)")
+    p.add_argument("--seq", type=int, metavar="T", help="tokens per sequence (default: the config's seq_len)")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32", "fp8"), help="compute dtype (default bf16)")
+    p.add_argument("--param-dtype", dest="param_dtype", default="fp32", choices=("fp32", "bf16"),
+                   help="parameter and gradient dtype (default fp32)")
+    p.add_argument("--remat", action="store_true", help="memory with full activation rematerialisation")
+    p.set_defaults(func=cmd_time)
+
+    p = sub.add_parser("calibrate", help="measure this machine's matmul FLOP/s and memory bandwidth")
+    p.add_argument("--out", metavar="FILE", help="write the measured spec here (a TOML target file)")
+    p.add_argument("--seconds", type=float, default=2.0, help="time to spend measuring (default 2)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("presets", help="list the named configs and their sources")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -8,9 +8,11 @@ _SUFFIXES = ((1e15, "P"), (1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))
 
 
 def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23 M'; values under 1000 print as they are."""
+    """1234567 -> '1.23 M' (counts: K, M, B, T); with a unit SI prefixes: 8e10, 'B' -> '80.00 GB'."""
     for scale, suffix in _SUFFIXES:
         if abs(n) >= scale:
+            if unit and suffix == "B":
+                suffix = "G"
             return f"{n / scale:.2f} {suffix}{unit}".rstrip()
     return f"{n:g} {unit}".rstrip()
 

@@ -25,7 +25,7 @@ from flax import nnx  # noqa: E402
 import hardware  # noqa: E402
 from models import TransformerConfig, abstract_model, adamw, init_train_state, train_step  # noqa: E402
 from planner.memory import estimate_memory  # noqa: E402
-from planner.roofline import roofline  # noqa: E402
+from planner.timing import roofline  # noqa: E402
 
 SHAPES = [  # (label, config, batch, seq)
     ("wide MLP, short seq", dict(d_model=512, n_layers=4, n_heads=8, d_ff=2048), 8, 128),

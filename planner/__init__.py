@@ -18,7 +18,9 @@ from planner.flops import (
     forward_matmuls,
     step_matmuls,
 )
+from planner.memory import MemoryEstimate, estimate_memory, kv_cache_bytes
 from planner.params import PARAM_COMPONENTS, ParamCount, count_params, param_components
+from planner.timing import ComponentTime, StepTime, roofline
 from planner.validation import ValidationReport, default_grid, validate
 
 __all__ = [
@@ -34,7 +36,13 @@ __all__ = [
     "forward_matmuls",
     "param_components",
     "step_matmuls",
+    "ComponentTime",
+    "MemoryEstimate",
+    "StepTime",
     "ValidationReport",
+    "estimate_memory",
+    "kv_cache_bytes",
+    "roofline",
     "default_grid",
     "validate",
 ]

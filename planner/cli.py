@@ -315,7 +315,7 @@ def cmd_hardware(args: argparse.Namespace) -> int:
 
 def cmd_time(args: argparse.Namespace) -> int:
     from planner.memory import estimate_memory
-    from planner.roofline import roofline
+    from planner.timing import roofline
 
     if args.hardware is None:
         raise UsageError("give --hardware NAME (see 'planner hardware') or a spec file path")

@@ -13,7 +13,7 @@ from models import presets
 from planner import count_flops, count_params
 from planner.cli import main
 from planner.memory import estimate_memory, kv_cache_bytes
-from planner.roofline import roofline
+from planner.timing import roofline
 
 
 def test_each_component_is_the_max_of_its_two_bounds():

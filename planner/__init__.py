@@ -18,8 +18,10 @@ from planner.flops import (
     forward_matmuls,
     step_matmuls,
 )
+from planner.laws import LAWS, FitResult, ScalingLaw, fit_scaling_law, get_law, load_runs_csv
 from planner.memory import MemoryEstimate, estimate_memory, kv_cache_bytes
 from planner.params import PARAM_COMPONENTS, ParamCount, count_params, param_components
+from planner.search import DEFAULT_BASE, Plan, deepseek_batch_tokens, frontier, inference_aware, plan
 from planner.timing import ComponentTime, StepTime, roofline
 from planner.validation import ValidationReport, default_grid, validate
 
@@ -37,6 +39,18 @@ __all__ = [
     "param_components",
     "step_matmuls",
     "ComponentTime",
+    "DEFAULT_BASE",
+    "FitResult",
+    "LAWS",
+    "Plan",
+    "ScalingLaw",
+    "deepseek_batch_tokens",
+    "fit_scaling_law",
+    "frontier",
+    "get_law",
+    "inference_aware",
+    "load_runs_csv",
+    "plan",
     "MemoryEstimate",
     "StepTime",
     "ValidationReport",

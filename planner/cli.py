@@ -326,7 +326,7 @@ def cmd_time(args: argparse.Namespace) -> int:
     r = roofline(cfg, hardware=spec, chips=args.chips, batch_size=_batch(args), seq_len=args.seq,
                  dtype=args.dtype, param_dtype=args.param_dtype)
     m = estimate_memory(cfg, batch_size=_batch(args), seq_len=args.seq, chips=args.chips, dtype=args.dtype,
-                        param_dtype=args.param_dtype, remat=args.remat, hardware=spec)
+                        param_dtype=args.param_dtype, remat=args.remat, shard_state=args.shard, hardware=spec)
     seq = cfg.seq_len if args.seq is None else args.seq
     if args.json:
         print(json.dumps({
@@ -374,6 +374,190 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_kwargs(args: argparse.Namespace) -> dict:
+    kw = dict(law=args.law, base=args.base, convention=args.convention, hardware=args.hardware, chips=args.chips,
+              days=args.days, mfu=args.mfu, dtype=args.dtype, batch_tokens=args.batch_tokens,
+              free_mlp_ratio=args.free_mlp_ratio, n_layers=args.n_layers, d_model=args.d_model,
+              max_memory_per_chip=args.max_memory)
+    if args.aspect is not None:
+        lo, sep, hi = args.aspect.partition(":")
+        try:
+            kw["aspect_ratio"] = (float(lo), float(hi))
+        except ValueError:
+            raise UsageError(f"--aspect {args.aspect!r}: expected MIN:MAX of d_model / n_layers, e.g. 32:256") from None
+    if args.law_file:
+        from planner.laws import ScalingLaw
+
+        try:
+            data = json.loads(open(args.law_file).read())
+            kw["law"] = ScalingLaw(**{k: data[k] for k in ("E", "A", "B", "alpha", "beta")},
+                                   params=data.get("params", "total"))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise UsageError(f"--law-file {args.law_file!r}: cannot read a fitted law ({err}); "
+                             "write one with 'planner fit runs.csv --out law.json'") from None
+    return kw
+
+
+def _plan_json(p) -> dict:
+    return {
+        "config": _config_json(p.config), "params": p.params, "tokens": p.tokens, "flops": _num(p.flops),
+        "loss": p.loss, "budget": p.budget, "budget_used": p.budget_used, "steps": p.steps,
+        "batch_size": p.batch_size, "continuous": p.continuous, "convention": p.convention,
+        "law": dataclasses.asdict(p.law), "step_time_s": p.step_time, "mfu": p.mfu, "days": p.days,
+        "memory_per_chip": p.memory_per_chip,
+    }
+
+
+def _plan_text(p) -> str:
+    c = p.config
+    unit = "s of machine time" if p.step_time is not None else "FLOPs"
+    lines = [
+        f"budget      {p.budget:.3g} {unit}; law: E={p.law.E:.4g} A={p.law.A:.4g} B={p.law.B:.4g} "
+        f"alpha={p.law.alpha:.4g} beta={p.law.beta:.4g} (N = {p.law.params} params); convention {p.convention}",
+        f"model       {human(p.params)} params: d_model={c.d_model} n_layers={c.n_layers} n_heads={c.n_heads} "
+        f"(head_dim {c.resolved_head_dim}, kv heads {c.resolved_n_kv_heads}) d_ff={c.d_ff} vocab={c.vocab_size} "
+        f"seq={c.seq_len} {c.mlp}/{c.norm}/{c.position}{'/tied' if c.tied_embeddings else ''}",
+        f"data        {human(p.tokens)} tokens = {p.steps:,} steps x {p.batch_size} x {c.seq_len} "
+        f"({p.tokens / p.params:.1f} tokens/param)",
+        f"compute     {float(p.flops):.4g} FLOP ({100 * p.budget_used:.2f}% of the budget)",
+        f"loss        {p.loss:.4f} predicted",
+        f"before rounding: d_model {p.continuous['d_model']:.0f}, n_layers {p.continuous['n_layers']:.1f}, "
+        f"{human(p.continuous['params'])} params, {human(p.continuous['tokens'])} tokens, "
+        f"loss {p.continuous['loss']:.4f}",
+    ]
+    if p.step_time is not None:
+        lines.insert(4, f"hardware    step {p.step_time * 1e3:.1f} ms, MFU {100 * p.mfu:.1f}%, {p.days:.2f} days, "
+                        f"memory/chip {human(p.memory_per_chip, 'B')}")
+    return "\n".join(lines)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from planner.search import plan
+
+    if args.budget is None and args.hardware is None:
+        raise UsageError("give --budget FLOPS (e.g. 1e21), or --hardware NAME --chips N --days D")
+    if args.budget is not None and args.hardware is not None:
+        raise UsageError("give either --budget or a hardware budget (--hardware/--chips/--days), not both")
+    p = plan(args.budget, **_plan_kwargs(args))
+    print(json.dumps(_plan_json(p), indent=2) if args.json else _plan_text(p))
+    return 0
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from planner.search import frontier
+
+    lo, hi = args.from_, args.to
+    if not (0 < lo < hi) or not all(map(np.isfinite, (lo, hi))):
+        raise UsageError(f"--from {lo:g} --to {hi:g}: need 0 < from < to")
+    if args.points < 2:
+        raise UsageError(f"--points {args.points}: need at least 2")
+    budgets = np.geomspace(lo, hi, args.points).tolist()
+    kw = _plan_kwargs(args)
+    if kw.get("hardware") is not None:
+        raise UsageError("frontier sweeps FLOP budgets; drop --hardware (or use 'planner plan' for one machine budget)")
+    bar = Progress(1, sys.stderr)
+    plans = frontier(budgets, **kw)
+    bar.step("frontier")
+    if args.json:
+        print(json.dumps([_plan_json(p) for p in plans], indent=2))
+    else:
+        law = plans[0].law
+        rows = []
+        for p in plans:
+            n6, d6 = law.optimal_allocation(p.budget)
+            rows.append((f"{p.budget:.3g}", human(p.params), human(p.tokens), f"{p.tokens / p.params:.1f}",
+                         p.config.d_model, p.config.n_layers, f"{p.loss:.4f}", human(float(n6)), human(float(d6))))
+        print(table(("budget", "params", "tokens", "tok/param", "d_model", "layers", "loss", "N (6ND law)",
+                     "D (6ND law)"), rows, "lrrrrrrrr"))
+    if args.plot:
+        _plot_frontier(plans, args.plot)
+    return 0
+
+
+def _plot_frontier(plans, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'scaling-planner[plot]'") from None
+    import numpy as np
+
+    law = plans[0].law
+    c = np.array([p.budget for p in plans])
+    n6, d6 = (np.asarray(v, float) for v in law.optimal_allocation(c))
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax[0].loglog(c, [p.params for p in plans], "o-", label="N (planned shape)")
+    ax[0].loglog(c, [p.tokens for p in plans], "s-", label="D (planned tokens)")
+    ax[0].loglog(c, n6, "--", label="N_opt, C = 6ND closed form")
+    ax[0].loglog(c, d6, ":", label="D_opt, C = 6ND closed form")
+    ax[0].set_xlabel("compute budget C (FLOP)")
+    ax[0].legend()
+    ax[0].set_title("compute-optimal frontier")
+    for p in plans[:: max(1, len(plans) // 5)]:
+        ns = np.geomspace(p.params / 30, p.params * 30, 60)
+        ax[1].semilogx(ns, [float(law.loss(n, p.budget / (6 * n))) for n in ns], label=f"C = {p.budget:.0e}")
+    ax[1].set_xlabel("parameters N (D = C / 6N)")
+    ax[1].set_ylabel("predicted loss")
+    ax[1].set_title("isoFLOP curves")
+    ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from planner.laws import fit_scaling_law, load_runs_csv
+
+    n, d, loss = load_runs_csv(args.csv)
+    r = fit_scaling_law(n, d, loss, delta=args.delta, bootstrap=args.bootstrap,
+                        exclude_highest_loss=args.exclude_highest, params=args.params)
+    law = r.law
+    out = {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta, "params": law.params,
+           "n_points": r.n_points, "objective": float(r.objective), "stderr": r.stderr, "intervals": r.intervals}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=2)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    rows = [(k, f"{getattr(law, k):.6g}", f"{r.stderr[k]:.3g}" if r.stderr else "-")
+            for k in ("E", "A", "B", "alpha", "beta")]
+    print(f"fitted L(N, D) = E + A/N^alpha + B/D^beta on {r.n_points} runs (Huber delta {args.delta:g} on log-loss, "
+          f"L-BFGS from a grid of starts)\n")
+    print(table(("constant", "value", "std. error" + (f" ({args.bootstrap} bootstraps)" if args.bootstrap else "")),
+                rows))
+    n_opt, d_opt = law.optimal_allocation(1e21)
+    print(f"\nat C = 1e21: N_opt {human(float(n_opt))}, D_opt {human(float(d_opt))} (C = 6ND)")
+    if args.out:
+        print(f"written to {args.out}; plan with it: planner plan --budget 1e21 --law-file {args.out}")
+    return 0
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--law", default="chinchilla", help="chinchilla (default), chinchilla-rounded, epoch")
+    p.add_argument("--law-file", dest="law_file", metavar="FILE", help="a law fitted by 'planner fit --out'")
+    p.add_argument("--base", metavar="PRESET", help="preset fixing vocab, seq, MLP/norm/position, tying "
+                                                    "(default: Llama-style, 32k vocab, 2048 tokens)")
+    p.add_argument("--convention", default="xla", help="how a step's FLOPs count (default xla)")
+    p.add_argument("--hardware", metavar="NAME", help="hardware budget: target name or spec file")
+    p.add_argument("--chips", type=int, help="hardware budget: chips")
+    p.add_argument("--days", type=float, help="hardware budget: days")
+    p.add_argument("--mfu", type=float, help="hardware budget: expected MFU (default: roofline's prediction)")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32", "fp8"), help="hardware budget: dtype")
+    p.add_argument("--batch-tokens", dest="batch_tokens", type=float,
+                   help="tokens per step (default DeepSeek's B_opt = 0.292 C^0.3271)")
+    p.add_argument("--free-mlp-ratio", dest="free_mlp_ratio", action="store_true", help="search d_ff/d_model too")
+    p.add_argument("--aspect", metavar="MIN:MAX", help="allowed d_model / n_layers range")
+    p.add_argument("--n-layers", dest="n_layers", type=int, help="fix the depth")
+    p.add_argument("--d-model", dest="d_model", type=int, help="fix the width")
+    p.add_argument("--max-memory", dest="max_memory", type=float, help="bytes per chip (hardware: default HBM)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="planner", description="What a transformer costs, and what shape to train.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -417,6 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param-dtype", dest="param_dtype", default="fp32", choices=("fp32", "bf16"),
                    help="parameter and gradient dtype (default fp32)")
     p.add_argument("--remat", action="store_true", help="memory with full activation rematerialisation")
+    p.add_argument("--shard", action="store_true",
+                   help="memory with parameters, gradients and AdamW state sharded over the chips (FSDP)")
     p.set_defaults(func=cmd_time)
 
     p = sub.add_parser("calibrate", help="measure this machine's matmul FLOP/s and memory bandwidth")
@@ -424,6 +610,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=2.0, help="time to spend measuring (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("plan", help="the compute-optimal shape for a budget (the main job)")
+    p.add_argument("--budget", type=float, metavar="FLOPS", help="training FLOPs to spend, e.g. 1e21")
+    _add_plan_args(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("frontier", help="plans for many budgets, with the C = 6ND closed form beside them")
+    p.add_argument("--from", dest="from_", type=float, default=1e18, help="smallest budget (default 1e18)")
+    p.add_argument("--to", type=float, default=1e25, help="largest budget (default 1e25)")
+    p.add_argument("--points", type=int, default=8, help="budgets, log-spaced (default 8)")
+    p.add_argument("--plot", metavar="PNG", help="write the frontier and isoFLOP curves (needs matplotlib)")
+    _add_plan_args(p)
+    p.set_defaults(func=cmd_frontier)
+
+    p = sub.add_parser("fit", help="fit L(N, D) = E + A/N^alpha + B/D^beta to your runs (CSV)")
+    p.add_argument("csv", help="CSV with columns N (params), D (tokens) or C (FLOPs), loss")
+    p.add_argument("--delta", type=float, default=1e-3, help="Huber delta (default 1e-3, as Hoffmann et al.)")
+    p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for standard errors")
+    p.add_argument("--exclude-highest", dest="exclude_highest", type=int, default=0,
+                   help="drop the N highest-loss runs first (Epoch dropped 5)")
+    p.add_argument("--params", default="total", choices=("total", "non_embedding"), help="which N the CSV has")
+    p.add_argument("--out", metavar="JSON", help="write the fitted law (for plan --law-file)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("presets", help="list the named configs and their sources")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

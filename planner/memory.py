@@ -1,8 +1,9 @@
 """Memory per chip of a training step (and of an inference KV cache), in bytes.
 
 Pure arithmetic on the config's numbers, like the FLOP model: exact-ish floats from ints,
-differentiable `jnp` floats from a relaxed config. Data parallelism replicates the parameters,
-gradients and optimizer state on every chip (no ZeRO sharding) and splits the batch.
+differentiable `jnp` floats from a relaxed config. Data parallelism splits the batch; the parameters,
+gradients and optimizer state are replicated on every chip, or sharded over them
+(``shard_state=True``, ZeRO-3 / FSDP).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def activation_bytes_per_layer(cfg: TransformerConfig, batch_size, seq_len, *, d
 
 def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips=1, dtype: str = "fp32",
                     param_dtype: str = "fp32", master_weights: bool = False, remat: bool = False,
-                    hardware=None) -> MemoryEstimate:
+                    shard_state: bool = False, hardware=None) -> MemoryEstimate:
     """Memory per chip of one training step of ``models.Transformer(cfg)`` under AdamW.
 
     Args:
@@ -72,6 +73,8 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
       dtype: activation dtype; param_dtype: parameter and gradient dtype.
       master_weights: keep an fp32 copy of bf16 parameters in the optimizer (mixed precision).
       remat: full activation rematerialisation (layer inputs only, one layer recomputed).
+      shard_state: shard parameters, gradients and optimizer state over the chips (ZeRO-3 /
+        FSDP, Rajbhandari et al. 2020); otherwise every chip holds a full replica.
       hardware: a `hardware.Spec` (or name) for the ``fits`` answer.
 
     Parameters and gradients take ``param_dtype`` bytes each; AdamW's two moments are fp32 (8
@@ -84,9 +87,10 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
     cfg, batch_size, seq_len, chips = promote(cfg, batch_size, seq_len, chips)
     n = count_params(cfg).total
     pbytes = _dtype_bytes("param_dtype", param_dtype)
-    params = n * pbytes
-    grads = n * pbytes
-    optimizer = n * (8 + (4 if master_weights else 0))
+    share = chips if shard_state else 1
+    params = n * pbytes / share
+    grads = n * pbytes / share
+    optimizer = n * (8 + (4 if master_weights else 0)) / share
     local_batch = batch_size / chips
     per_layer = activation_bytes_per_layer(cfg, local_batch, seq_len, dtype=dtype, remat=remat)
     activations = cfg.n_layers * per_layer

@@ -1,0 +1,525 @@
+"""The planner: the compute-optimal shape for a budget, by gradient, then rounded and checked.
+
+Method (`plan`):
+
+1. **Relax.** A shape is (log d_model, log n_layers) — and log(d_ff / d_model) with
+   ``free_mlp_ratio`` — on top of a base config that fixes vocabulary, sequence length, MLP,
+   norm and position kind, tying and the KV-head grouping. Sizes become `jnp` floats and the
+   closed forms (`count_params`, `count_flops`, `roofline`) become differentiable functions.
+2. **Eliminate tokens through the budget.** D = budget / (training FLOPs per token of that shape,
+   under the chosen convention); with a hardware budget, D = seconds x chips ... / (roofline step
+   time per token) so efficient shapes earn more tokens. The predicted loss L(N, D) of the
+   scaling law is then a function of the shape alone.
+3. **Minimise with Optax** (Adam on the log-sizes, a projection onto the bounds and
+   constraints after each step), from a few starting points at once (`vmap`), under `jit`.
+4. **Round** to hardware-friendly shapes around the optimum (d_model a multiple of 128, head_dim
+   64 or 128, integer layers, d_ff a multiple of 128), evaluate that neighbourhood exactly
+   (integer FLOPs, whole steps), and keep the best one that satisfies the constraints. Its exact
+   cost never exceeds the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from models import presets
+from models.config import TransformerConfig
+from planner.flops import CONVENTIONS, count_flops
+from planner.laws import ScalingLaw, get_law
+from planner.params import count_params
+
+#: A Llama-style base: SwiGLU (d_ff = 2.6875 d_model as Llama 2 7B), RMSNorm, RoPE, no biases,
+#: untied head, Llama's 32k vocabulary, 2048-token context.
+DEFAULT_BASE = TransformerConfig(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, d_ff=11008,
+                                 seq_len=2048, mlp="swiglu", norm="rmsnorm", position="rope", bias=False,
+                                 tied_embeddings=False)
+
+#: Default d_model / n_layers range. The scaling law has no shape term, and under a FLOP count
+#: with attention (every convention but 6nd) wider-and-shallower is always cheaper per parameter,
+#: so without a bound the optimum runs to one layer. Kaplan et al. 2020 (Fig. 5) find the loss
+#: within a few percent over d_model / n_layer of about 20 to 200 at fixed N; trained models sit
+#: near 100-130 (GPT-3 175B 128, Chinchilla 102, Llama 2 7B 128, Llama 2 70B 102).
+DEFAULT_ASPECT = (64.0, 192.0)
+D_MODEL_RANGE = (128, 2**17)
+LAYER_RANGE = (1, 1024)
+
+
+class Plan(NamedTuple):
+    """A planned training run.
+
+    Attributes:
+      config: the rounded, valid shape.
+      params: its parameters (in the law's N: total or non-embedding).
+      tokens: training tokens (whole steps x batch tokens).
+      flops: exact training FLOPs under ``convention`` (steps x FLOPs of one step).
+      loss: the law's predicted loss.
+      budget_used: flops / budget (the hardware budget's FLOPs at the achieved rate).
+      steps, batch_size: optimiser steps and sequences per step.
+      continuous: the optimum before rounding: d_model, n_layers, d_ff, params, tokens, loss.
+      step_time, mfu, days, memory_per_chip: with a hardware target, else None.
+      inference: with ``inference_tokens``, both plans' training + inference FLOPs (else None).
+      micro_batch: sequences per chip per forward/backward pass (gradient accumulation), chosen
+        as the largest divisor of the per-chip batch whose memory fits; hardware budgets only.
+      convention, law: what was counted and predicted with.
+    """
+
+    config: TransformerConfig
+    params: int
+    tokens: int
+    flops: Any
+    loss: float
+    budget_used: float
+    steps: int
+    batch_size: int
+    continuous: dict
+    step_time: float | None
+    mfu: float | None
+    days: float | None
+    memory_per_chip: float | None
+    micro_batch: int | None
+    inference: dict | None
+    convention: str
+    law: ScalingLaw
+    budget: float
+
+
+def inference_aware(law: ScalingLaw, target_loss: float, inference_tokens: float, *,
+                    reference_params: float) -> dict:
+    """Sardana et al. 2024 ("Beyond Chinchilla-Optimal"): the (N, D_train) that reaches
+    ``target_loss`` for the least training + inference compute, 6 N D_train + 2 N D_inference.
+
+    On the iso-loss curve D(N) = (B / (L - E - A N^-alpha))^(1/beta), defined for
+    N > (A / (L - E))^(1/alpha); the total is minimised over log N on a fine grid, then refined by
+    golden-section search. ``reference_params`` (the compute-optimal N) sets the search range.
+    """
+    if not (isinstance(inference_tokens, int | float) and math.isfinite(inference_tokens) and inference_tokens >= 0):
+        raise ValueError(f"inference_tokens={inference_tokens!r}: must be a non-negative number of tokens")
+    gap = target_loss - law.E
+    if gap <= 0:
+        raise ValueError(f"target loss {target_loss:.4g} is at or below the law's E={law.E:.4g}: unreachable")
+    n_min = (law.A / gap) ** (1 / law.alpha)
+
+    def tokens(log_n):
+        rest = gap - law.A * math.exp(-law.alpha * log_n)
+        return (law.B / rest) ** (1 / law.beta) if rest > 0 else math.inf
+
+    def cost(log_n):
+        n = math.exp(log_n)
+        return 6 * n * tokens(log_n) + 2 * n * inference_tokens
+
+    lo, hi = math.log(n_min) + 1e-9, math.log(reference_params) + math.log(100.0)
+    grid = np.linspace(lo, hi, 400)
+    k = int(np.argmin([cost(g) for g in grid]))
+    a, b = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    phi = (math.sqrt(5) - 1) / 2
+    for _ in range(60):
+        c, d = b - phi * (b - a), a + phi * (b - a)
+        if cost(c) < cost(d):
+            b = d
+        else:
+            a = c
+    log_n = (a + b) / 2
+    n, d = math.exp(log_n), tokens(log_n)
+    return {"params": n, "tokens": d, "train_flops": 6 * n * d, "inference_flops": 2 * n * inference_tokens,
+            "total_flops": 6 * n * d + 2 * n * inference_tokens, "loss": float(law.loss(n, d))}
+
+
+def deepseek_batch_tokens(budget_flops: float) -> float:
+    """Optimal batch size in tokens, B_opt = 0.2920 C^0.3271 (DeepSeek-AI 2024, "DeepSeek LLM",
+    §3.1, fitted on their IsoFLOP runs). The default batch of a plan."""
+    return 0.2920 * budget_flops**0.3271
+
+
+class _Setup(NamedTuple):
+    """Everything static about one search (hashable, so the jitted search is compiled once)."""
+
+    base: TransformerConfig
+    law: ScalingLaw
+    convention: str
+    head_dim: int
+    kv_group: int
+    free_mlp_ratio: bool
+    mlp_ratio: float
+    aspect: tuple[float, float] | None
+    fixed_layers: int | None
+    fixed_d_model: int | None
+    hw: Any  # hardware.Spec or None
+    chips: int
+    dtype: str
+    mfu: float | None
+
+
+def _shape(s: _Setup, x, batch_size):
+    """A relaxed config from the log-sizes x = (log d, log L, log ratio)."""
+    d, n_layers, ratio = jnp.exp(x[0]), jnp.exp(x[1]), jnp.exp(x[2])
+    n_heads = d / s.head_dim
+    return dataclasses.replace(
+        s.base, d_model=d, n_layers=n_layers, d_ff=ratio * d, n_heads=n_heads,
+        n_kv_heads=None if s.kv_group == 1 else n_heads / s.kv_group, head_dim=jnp.float32(s.head_dim),
+    )
+
+
+def _log_loss(law: ScalingLaw, log_n, log_d):
+    """L = E + A N^-alpha + B D^-beta from log N and log D. The search works in logs: a budget of
+    1e21 over a step of 1e18 FLOPs would otherwise send cotangents below float32's normal range
+    (XLA on CPU flushes those to zero, and the gradient with them)."""
+    return law.E + law.A * jnp.exp(-law.alpha * log_n) + law.B * jnp.exp(-law.beta * log_d)
+
+
+def _tokens_and_loss(s: _Setup, cfg, log_budget, batch_size):
+    """(log N, log D, loss) of a relaxed shape: D from the budget (FLOPs, or seconds on the
+    machine with a hardware budget)."""
+    t = cfg.seq_len
+    pc = count_params(cfg)
+    n = pc.total if s.law.params == "total" else pc.non_embedding
+    if s.hw is None:
+        step_cost = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention=s.convention).total
+    elif s.mfu is None:
+        from planner.timing import roofline
+
+        step_cost = roofline(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=t,
+                             dtype=s.dtype).step_time
+    else:
+        model = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention="fma").total
+        step_cost = model / (s.chips * s.hw.peak(s.dtype) * s.mfu)
+    log_n = jnp.log(n)
+    log_d = log_budget - jnp.log(step_cost) + jnp.log(batch_size * t)
+    return log_n, log_d, _log_loss(s.law, log_n, log_d)
+
+
+def _project(s: _Setup, x):
+    lo_d, hi_d = math.log(D_MODEL_RANGE[0]), math.log(D_MODEL_RANGE[1])
+    ld = jnp.clip(x[0], lo_d, hi_d) if s.fixed_d_model is None else jnp.float32(math.log(s.fixed_d_model))
+    lo_l, hi_l = math.log(LAYER_RANGE[0]), math.log(LAYER_RANGE[1])
+    if s.aspect is not None:  # d_model / n_layers within [lo, hi]
+        lo_l = jnp.maximum(lo_l, ld - math.log(s.aspect[1]))
+        hi_l = jnp.minimum(hi_l, ld - math.log(s.aspect[0]))
+    ll = jnp.clip(x[1], lo_l, hi_l) if s.fixed_layers is None else jnp.float32(math.log(s.fixed_layers))
+    lr = jnp.clip(x[2], math.log(1.0), math.log(8.0)) if s.free_mlp_ratio else jnp.float32(math.log(s.mlp_ratio))
+    return jnp.stack([ld, ll, lr])
+
+
+@functools.lru_cache(maxsize=32)
+def _search_fn(s: _Setup, steps: int, lr: float):
+    """jit(vmap over budgets(vmap over starts(Adam loop))) -> best log-sizes per budget."""
+    opt = optax.adam(lr)
+
+    def objective(x, log_budget, batch_size):
+        return _tokens_and_loss(s, _shape(s, x, batch_size), log_budget, batch_size)[2]
+
+    def run_one(x0, budget, batch_size):
+        x0 = _project(s, x0)
+        grad = jax.value_and_grad(objective)
+
+        def body(carry, _):
+            x, state = carry
+            _, g = grad(x, budget, batch_size)
+            upd, state = opt.update(g, state, x)
+            return (_project(s, optax.apply_updates(x, upd)), state), None
+
+        (x, _), _ = jax.lax.scan(body, (x0, opt.init(x0)), None, length=steps)
+        return x, objective(x, budget, batch_size)
+
+    def run(budget, batch_size, starts):
+        xs, losses = jax.vmap(run_one, in_axes=(0, None, None))(starts, budget, batch_size)
+        best = jnp.nanargmin(losses)
+        return xs[best], losses[best]
+
+    return jax.jit(jax.vmap(run, in_axes=(0, 0, None)))
+
+
+def _starts(s: _Setup) -> jnp.ndarray:
+    ratio = math.log(s.mlp_ratio)
+    pts = [(math.log(d), math.log(n), ratio) for d in (512, 2048, 8192) for n in (8, 32)]
+    return jnp.asarray(pts, jnp.float32)
+
+
+def _candidates(s: _Setup, d_cont: float, l_cont: float, ratio: float, *, multiple: int, head_dims,
+                ff_multiple: int) -> list[TransformerConfig]:
+    """Hardware-friendly shapes around a continuous optimum."""
+    if s.fixed_d_model is not None:
+        ds = [s.fixed_d_model]
+    else:
+        k = d_cont / multiple
+        ds = sorted({max(1, m) * multiple for m in (math.floor(k) - 1, math.floor(k), math.ceil(k), math.ceil(k) + 1)})
+    if s.fixed_layers is not None:
+        ls = [s.fixed_layers]
+    else:
+        ls = sorted({max(1, n) for n in (math.floor(l_cont) - 1, math.floor(l_cont), math.ceil(l_cont),
+                                          math.ceil(l_cont) + 1)})
+    out = []
+    for d in ds:
+        for hd in head_dims:
+            if d % hd:
+                continue
+            heads = d // hd
+            if heads % s.kv_group:
+                continue
+            ff = max(ff_multiple, ff_multiple * round(ratio * d / ff_multiple))
+            for n_layers in ls:
+                if s.aspect is not None and not (s.aspect[0] <= d / n_layers <= s.aspect[1]):
+                    continue
+                out.append(dataclasses.replace(
+                    s.base, d_model=d, n_layers=n_layers, n_heads=heads, head_dim=hd, d_ff=ff,
+                    n_kv_heads=None if s.kv_group == 1 else heads // s.kv_group))
+    return out
+
+
+def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, max_memory):
+    """Exact evaluation of one shape: whole steps within the budget, integer FLOPs."""
+    t = cfg.seq_len
+    pc = count_params(cfg)
+    n = pc.total if s.law.params == "total" else pc.non_embedding
+    step_flops = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention=s.convention).total
+    out = {"n": n, "step_flops": step_flops, "step_time": None, "mfu": None, "memory": None, "micro_batch": None}
+    if s.hw is None:
+        steps = int(budget // step_flops) if isinstance(step_flops, int) else int(math.floor(budget / float(step_flops)))
+    else:
+        from planner.memory import estimate_memory
+        from planner.timing import roofline
+
+        r = roofline(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=t, dtype=s.dtype)
+        if s.mfu is None:
+            step_time, mfu = r.step_time, r.mfu
+        else:
+            model = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention="fma").total
+            step_time, mfu = model / (s.chips * s.hw.peak(s.dtype) * s.mfu), s.mfu
+        steps = int(math.floor(budget / step_time))
+        # State sharded over the chips (FSDP / ZeRO-3), as runs of this size are trained.
+        # Gradient accumulation: the largest micro-batch (a divisor of the per-chip batch) whose
+        # memory fits; the step's FLOPs and roofline time are those of the whole batch.
+        local = batch_size // s.chips
+        for micro in sorted((m for m in range(1, local + 1) if local % m == 0), reverse=True):
+            mem = float(estimate_memory(cfg, batch_size=micro * s.chips, seq_len=t, chips=s.chips,
+                                        dtype=s.dtype, shard_state=True).total)
+            if max_memory is None or mem <= max_memory:
+                break
+        else:
+            return None
+        out.update(step_time=step_time, mfu=mfu, memory=mem, micro_batch=micro)
+    if steps < 1:
+        return None
+    tokens = steps * batch_size * t
+    out.update(steps=steps, tokens=tokens, flops=steps * step_flops,
+               loss=float(s.law.loss(float(n), float(tokens))), cfg=cfg)
+    return out
+
+
+def _inference(s: _Setup, best: dict, inference_tokens) -> dict | None:
+    if inference_tokens is None:
+        return None
+    n, d = float(best["n"]), float(best["tokens"])
+    mine = {"params": n, "tokens": d, "train_flops": 6 * n * d, "inference_flops": 2 * n * inference_tokens,
+            "total_flops": 6 * n * d + 2 * n * inference_tokens, "loss": best["loss"]}
+    return {"inference_tokens": float(inference_tokens), "compute_optimal": mine,
+            "inference_optimal": inference_aware(s.law, best["loss"], inference_tokens, reference_params=n)}
+
+
+def _batch_size(budget_flops: float, seq_len: int, batch_tokens, chips: int) -> int:
+    tokens = deepseek_batch_tokens(budget_flops) if batch_tokens is None else batch_tokens
+    b = max(1, round(tokens / seq_len))
+    return max(chips, chips * round(b / chips))  # whole sequences per chip
+
+
+def _setup(*, law, base, convention, hardware, chips, days, mfu, dtype, head_dim, free_mlp_ratio,
+           mlp_ratio, aspect_ratio, n_layers, d_model) -> tuple[_Setup, float | None]:
+    law = get_law(law)
+    if base is None:
+        base = DEFAULT_BASE
+    elif isinstance(base, str):
+        base = presets.get(base)
+    elif not isinstance(base, TransformerConfig):
+        raise ValueError(f"base={base!r}: give a TransformerConfig or a preset name ({', '.join(presets.names())})")
+    if convention not in CONVENTIONS or convention == "megatron-recompute":
+        valid = [c for c in CONVENTIONS if c != "megatron-recompute"]
+        raise ValueError(f"convention={convention!r}: unknown for planning; valid: {', '.join(valid)}")
+    if head_dim not in (64, 128) and not (isinstance(head_dim, int) and head_dim > 0 and head_dim % 2 == 0):
+        raise ValueError(f"head_dim={head_dim!r}: must be a positive even int (64 or 128 usually)")
+    kv_group = base.n_heads // base.resolved_n_kv_heads
+    ratio = base.d_ff / base.d_model if mlp_ratio is None else mlp_ratio
+    if not (isinstance(ratio, int | float) and 1 <= ratio <= 8):
+        raise ValueError(f"mlp_ratio={mlp_ratio!r}: must be a number between 1 and 8 (d_ff / d_model)")
+    if aspect_ratio is not None:
+        lo, hi = aspect_ratio
+        if not (0 < lo <= hi):
+            raise ValueError(f"aspect_ratio={aspect_ratio!r}: infeasible; give (min, max) of d_model / n_layers "
+                             "with 0 < min <= max")
+        aspect_ratio = (float(lo), float(hi))
+    for name, v, rng in (("n_layers", n_layers, LAYER_RANGE), ("d_model", d_model, D_MODEL_RANGE)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not rng[0] <= v <= rng[1]):
+            raise ValueError(f"{name}={v!r}: must be an int in [{rng[0]}, {rng[1]}]")
+    if d_model is not None and n_layers is not None and aspect_ratio is not None \
+            and not aspect_ratio[0] <= d_model / n_layers <= aspect_ratio[1]:
+        raise ValueError(f"aspect_ratio={aspect_ratio}: infeasible with d_model={d_model} and n_layers={n_layers}")
+    spec, seconds = None, None
+    if hardware is not None or chips is not None or days is not None:
+        import hardware as hw
+
+        if hardware is None or chips is None or days is None:
+            raise ValueError("a hardware budget needs hardware=, chips= and days= together "
+                             f"(got hardware={hardware!r}, chips={chips!r}, days={days!r})")
+        spec = hw.get(hardware) if isinstance(hardware, str) else hardware
+        if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
+            raise ValueError(f"chips={chips!r}: must be a positive int")
+        if not isinstance(days, int | float) or not math.isfinite(days) or days <= 0:
+            raise ValueError(f"days={days!r}: must be a positive number")
+        if mfu is not None and not (isinstance(mfu, int | float) and 0 < mfu <= 1):
+            raise ValueError(f"mfu={mfu!r}: must be in (0, 1]")
+        spec.peak(dtype)  # a dtype the chip lacks fails here, naming it
+        seconds = float(days) * 86400.0
+    elif mfu is not None:
+        raise ValueError("mfu= applies to a hardware budget (hardware=, chips=, days=)")
+    s = _Setup(base, law, convention, head_dim, kv_group, free_mlp_ratio, float(ratio), aspect_ratio,
+               n_layers, d_model, spec, chips or 1, dtype, None if mfu is None else float(mfu))
+    return s, seconds
+
+
+def _check_budget(budget_flops) -> float:
+    if isinstance(budget_flops, bool) or not isinstance(budget_flops, int | float) \
+            or not math.isfinite(budget_flops) or budget_flops <= 0:
+        raise ValueError(f"budget_flops={budget_flops!r}: must be a positive finite number of FLOPs, e.g. 1e21")
+    return float(budget_flops)
+
+
+def plan(budget_flops: float | None = None, *, law="chinchilla", base=None, convention: str = "xla",
+         hardware=None, chips: int | None = None, days: float | None = None, mfu: float | None = None,
+         dtype: str = "bf16", batch_tokens: float | None = None, head_dims=(64, 128), head_dim: int = 128,
+         d_model_multiple: int = 128, d_ff_multiple: int = 128, free_mlp_ratio: bool = False,
+         mlp_ratio: float | None = None, aspect_ratio: tuple[float, float] | None = DEFAULT_ASPECT,
+         n_layers: int | None = None, d_model: int | None = None, max_memory_per_chip: float | None = None,
+         inference_tokens: float | None = None, steps: int = 300, learning_rate: float = 0.05) -> Plan:
+    """The shape that spends a compute budget for the lowest predicted loss.
+
+    Args:
+      budget_flops: training FLOPs to spend (under ``convention``). Or, instead, a hardware
+        budget: ``hardware`` (name or `hardware.Spec`), ``chips`` and ``days``, with ``mfu`` (the
+        fraction of peak you expect) or, when omitted, the roofline's predicted time per step.
+      law: a `ScalingLaw` or a preset name ("chinchilla", "chinchilla-rounded", "epoch").
+      base: TransformerConfig or preset name fixing what is not searched (vocabulary, sequence
+        length, MLP/norm/position kind, tying, KV grouping); default `DEFAULT_BASE` (Llama-style).
+      convention: how a step's FLOPs are counted ("xla" = what the program executes).
+      batch_tokens: tokens per step; default DeepSeek's B_opt(C) (`deepseek_batch_tokens`).
+      head_dims: head widths the rounding may use; head_dim: the one used by the relaxation.
+      d_model_multiple, d_ff_multiple: rounding granularity.
+      free_mlp_ratio: search d_ff / d_model too (else the base's ratio, or ``mlp_ratio``).
+      aspect_ratio: (min, max) of d_model / n_layers; default `DEFAULT_ASPECT` (64, 192); None
+        lifts it. n_layers, d_model: fix one of them (the aspect range then applies to the other).
+      max_memory_per_chip: bytes (hardware budgets: default the chip's HBM).
+      inference_tokens: tokens you expect to serve; adds ``inference`` to the plan: this plan's
+        training + inference FLOPs (6ND + 2N D_inf) next to the inference-aware plan that reaches
+        the same loss for the least total (Sardana et al. 2024; `inference_aware`).
+      steps, learning_rate: the Adam search.
+
+    Raises:
+      ValueError: invalid arguments; a budget below the smallest allowed shape's one step (the
+        message names that minimum); constraints no shape satisfies (naming the constraint).
+    """
+    return frontier([budget_flops], law=law, base=base, convention=convention, hardware=hardware, chips=chips,
+                    days=days, mfu=mfu, dtype=dtype, batch_tokens=batch_tokens, head_dims=head_dims,
+                    head_dim=head_dim, d_model_multiple=d_model_multiple, d_ff_multiple=d_ff_multiple,
+                    free_mlp_ratio=free_mlp_ratio, mlp_ratio=mlp_ratio, aspect_ratio=aspect_ratio,
+                    n_layers=n_layers, d_model=d_model, max_memory_per_chip=max_memory_per_chip,
+                    inference_tokens=inference_tokens, steps=steps, learning_rate=learning_rate)[0]
+
+
+def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", hardware=None,
+             chips: int | None = None, days: float | None = None, mfu: float | None = None,
+             dtype: str = "bf16", batch_tokens: float | None = None, head_dims=(64, 128), head_dim: int = 128,
+             d_model_multiple: int = 128, d_ff_multiple: int = 128, free_mlp_ratio: bool = False,
+             mlp_ratio: float | None = None, aspect_ratio=DEFAULT_ASPECT, n_layers=None, d_model=None,
+             max_memory_per_chip=None, inference_tokens: float | None = None, steps: int = 300,
+             learning_rate: float = 0.05) -> list[Plan]:
+    """`plan` for many budgets at once: one vectorised continuous search (vmap over budgets),
+    then the exact rounding of each. With a hardware budget, ``budgets`` are ignored (pass
+    [None]) and ``days`` may be a list instead."""
+    s, seconds = _setup(law=law, base=base, convention=convention, hardware=hardware, chips=chips, days=days,
+                        mfu=mfu, dtype=dtype, head_dim=head_dim, free_mlp_ratio=free_mlp_ratio,
+                        mlp_ratio=mlp_ratio, aspect_ratio=aspect_ratio, n_layers=n_layers, d_model=d_model)
+    if not head_dims or any(not isinstance(h, int) or h <= 0 or h % 2 for h in head_dims):
+        raise ValueError(f"head_dims={head_dims!r}: give positive even ints, e.g. (64, 128)")
+    for name, v in (("d_model_multiple", d_model_multiple), ("d_ff_multiple", d_ff_multiple)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name}={v!r}: must be a positive int")
+    if any(d_model_multiple % h and h % d_model_multiple for h in head_dims):
+        raise ValueError(f"head_dims={head_dims} and d_model_multiple={d_model_multiple}: every head_dim must "
+                         "divide d_model_multiple (or be a multiple of it)")
+    if max_memory_per_chip is None and s.hw is not None:
+        max_memory_per_chip = s.hw.hbm_bytes
+    if max_memory_per_chip is not None and not (isinstance(max_memory_per_chip, int | float)
+                                                and max_memory_per_chip > 0):
+        raise ValueError(f"max_memory_per_chip={max_memory_per_chip!r}: must be a positive number of bytes")
+    if batch_tokens is not None and not (isinstance(batch_tokens, int | float) and batch_tokens >= 1):
+        raise ValueError(f"batch_tokens={batch_tokens!r}: must be a positive number of tokens")
+
+    if s.hw is not None:
+        budget_list = [seconds]
+        nominal = s.hw.peak(dtype) * s.chips * seconds * (s.mfu or 0.4)  # only to size the default batch
+        batches = [_batch_size(nominal, s.base.seq_len, batch_tokens, s.chips)]
+    else:
+        budget_list = [_check_budget(b) for b in budgets]
+        batches = [_batch_size(b, s.base.seq_len, batch_tokens, 1) for b in budget_list]
+
+    # Smallest allowed shape: one step of it must fit in the budget.
+    d0 = d_model_multiple if s.fixed_d_model is None else s.fixed_d_model
+    if s.fixed_d_model is None and s.fixed_layers is not None and s.aspect is not None:
+        d0 = d_model_multiple * max(1, math.ceil(s.aspect[0] * s.fixed_layers / d_model_multiple))
+    l0 = s.fixed_layers or (1 if s.aspect is None else max(1, math.ceil(d0 / s.aspect[1])))
+    smallest = _candidates(s, d0, l0, s.mlp_ratio, multiple=d_model_multiple, head_dims=head_dims,
+                           ff_multiple=d_ff_multiple)
+    smallest.sort(key=lambda c: count_params(c).total)
+    if not smallest:
+        raise ValueError("no shape satisfies the constraints (aspect_ratio, n_layers, d_model, head_dims)")
+
+    fn = _search_fn(s, steps, learning_rate)
+    xs, _ = fn(jnp.log(jnp.asarray(budget_list, jnp.float32)), jnp.asarray(batches, jnp.float32), _starts(s))
+    xs = np.asarray(xs, np.float64)
+
+    plans = []
+    for budget, batch, x in zip(budget_list, batches, xs):
+        minimum = float(count_flops(smallest[0], batch_size=batch, seq_len=smallest[0].seq_len, mode="train",
+                                    convention=s.convention).total)
+        if s.hw is None and budget < minimum:
+            raise ValueError(f"budget_flops={budget:.3g}: below the minimum {minimum:.3g} FLOPs, one step of "
+                             f"the smallest allowed shape (d_model={smallest[0].d_model}, "
+                             f"n_layers={smallest[0].n_layers}, batch {batch} x {s.base.seq_len} tokens)")
+        d_c, l_c, r_c = (float(math.exp(v)) for v in x)
+        cont_cfg = _shape(s, jnp.asarray(x, jnp.float32), batch)
+        log_n, log_d, loss_c = _tokens_and_loss(s, cont_cfg, math.log(budget), jnp.float32(batch))
+        n_c, d_tok = math.exp(float(log_n)), math.exp(float(log_d))
+        cands = _candidates(s, d_c, l_c, r_c, multiple=d_model_multiple, head_dims=head_dims,
+                            ff_multiple=d_ff_multiple)
+        if not cands:
+            raise ValueError("no shape satisfies the constraints (aspect_ratio, n_layers, d_model, head_dims) "
+                             f"near the optimum d_model={d_c:.0f}, n_layers={l_c:.1f}")
+        scored = [e for e in (_exact(s, c, budget, batch, max_memory_per_chip) for c in cands) if e is not None]
+        if not scored:
+            why = (f"max_memory_per_chip={max_memory_per_chip:.3g} bytes" if max_memory_per_chip is not None
+                   else "the budget (not one whole step fits)")
+            raise ValueError(f"no shape near the optimum satisfies {why}; raise it, add chips, or shrink the batch")
+        best = min(scored, key=lambda e: (e["loss"], e["flops"]))
+        flops = best["flops"]
+        if s.hw is None:
+            used = float(flops) / budget
+            step_time = mfu_out = days_out = memory = None
+        else:
+            achieved = float(best["steps"] * best["step_time"])
+            used = achieved / budget
+            step_time, mfu_out, memory = float(best["step_time"]), float(best["mfu"]), best["memory"]
+            days_out = achieved / 86400
+        plans.append(Plan(
+            config=best["cfg"], params=best["n"], tokens=best["tokens"], flops=flops, loss=best["loss"],
+            budget_used=used, steps=best["steps"], batch_size=batch,
+            continuous={"d_model": d_c, "n_layers": l_c, "d_ff": r_c * d_c, "params": float(n_c),
+                        "tokens": float(d_tok), "loss": float(loss_c)},
+            step_time=step_time, mfu=mfu_out, days=days_out, memory_per_chip=memory,
+            micro_batch=best["micro_batch"], inference=_inference(s, best, inference_tokens), convention=s.convention, law=s.law, budget=budget,
+        ))
+    return plans

@@ -648,3 +648,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:  # UsageError included
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `planner plan ... | head`: the reader left; nothing to report
+        sys.stderr.close()
+        return 0

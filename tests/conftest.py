@@ -18,3 +18,16 @@ def _doctest_namespace(doctest_namespace):
     from flax import nnx
 
     doctest_namespace.update(jnp=jnp, nnx=nnx, jax=jax)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the `planner` CLI in-process: cli("count", "--preset", "gpt2") -> (code, stdout, stderr)."""
+    from planner.cli import main
+
+    def run(*argv):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

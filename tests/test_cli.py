@@ -6,24 +6,19 @@ import sys
 
 import pytest
 
-from planner.cli import main
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def test_count_table(capsys):
-    code, out, err = run(capsys, "count", "--preset", "gpt2")
+def test_count_table(cli):
+    code, out, err = cli("count", "--preset", "gpt2")
     assert code == 0 and not err
     assert "124,439,808" in out and "124.44 M" in out
     assert "non-embedding" in out and "85,056,000" in out
 
 
-def test_count_json_with_overrides(capsys):
-    code, out, _ = run(capsys, "count", "--preset", "llama-2-7b", "--set", "n_layers=16",
+def test_count_json_with_overrides(cli):
+    code, out, _ = cli("count", "--preset", "llama-2-7b", "--set", "n_layers=16",
                        "--set", "tied_embeddings=true", "--json")
     data = json.loads(out)
     assert code == 0
@@ -33,14 +28,14 @@ def test_count_json_with_overrides(capsys):
     assert p["total"] == 16 * 202_383_360 + 32000 * 4096 + 4096  # Llama-2-7b layer from its config
 
 
-def test_count_from_set_alone(capsys):
-    code, out, _ = run(capsys, "count", "--json", *sum((["--set", f"{k}={v}"] for k, v in dict(
+def test_count_from_set_alone(cli):
+    code, out, _ = cli("count", "--json", *sum((["--set", f"{k}={v}"] for k, v in dict(
         vocab_size=97, d_model=48, n_layers=2, n_heads=4, d_ff=96, seq_len=16, qkv_bias="none").items()), []))
     assert code == 0 and json.loads(out)["params"]["total"] == 43440
 
 
-def test_presets_listing(capsys):
-    code, out, _ = run(capsys, "presets")
+def test_presets_listing(cli):
+    code, out, _ = cli("presets")
     assert code == 0 and "gemma-2b" in out and "huggingface.co/google/gemma-2b" in out
 
 
@@ -59,8 +54,8 @@ def test_presets_listing(capsys):
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "required"),
 ])
-def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
-    code, out, err = run(capsys, *argv)
+def test_bad_input_is_one_line_exit_2(cli, argv, needle):
+    code, out, err = cli(*argv)
     assert code == 2 and not out
     assert err.startswith("error: ") and err.count("\n") == 1 and needle in err
 
@@ -75,8 +70,8 @@ def test_console_entry_points():
     assert res.returncode == 0 and "43,440" in res.stdout
 
 
-def test_count_flops_all_conventions_json(capsys):
-    code, out, _ = run(capsys, "count", "--preset", "gpt2", "--convention", "all", "--mode", "train",
+def test_count_flops_all_conventions_json(cli):
+    code, out, _ = cli("count", "--preset", "gpt2", "--convention", "all", "--mode", "train",
                        "--batch", "2", "--seq", "512", "--json")
     assert code == 0
     f = json.loads(out)["flops"]
@@ -88,10 +83,10 @@ def test_count_flops_all_conventions_json(capsys):
     assert convs["fma"]["per_token"] == convs["fma"]["total"] / 1024
 
 
-def test_count_flops_table(capsys):
-    code, out, _ = run(capsys, "count", "--preset", "llama-2-7b", "--flops", "--causal")
+def test_count_flops_table(cli):
+    code, out, _ = cli("count", "--preset", "llama-2-7b", "--flops", "--causal")
     assert code == 0 and "attn_scores" in out and "causal" in out and "transcendentals" in out
-    code, out, _ = run(capsys, "count", "--preset", "llama-2-7b", "--convention", "palm")
+    code, out, _ = cli("count", "--preset", "llama-2-7b", "--convention", "palm")
     assert code == 0 and "12LHQT" in out
 
 
@@ -103,6 +98,6 @@ def test_count_flops_table(capsys):
     (["count", "--preset", "gpt2", "--convention", "6nd", "--causal"], "causal=True applies to"),
     (["count", "--preset", "gpt2", "--batch", "two"], "invalid int value: 'two'"),
 ])
-def test_flop_flags_bad_input(capsys, argv, needle):
-    code, out, err = run(capsys, *argv)
+def test_flop_flags_bad_input(cli, argv, needle):
+    code, out, err = cli(*argv)
     assert code == 2 and not out and err.startswith("error: ") and err.count("\n") == 1 and needle in err

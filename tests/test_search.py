@@ -1,12 +1,14 @@
 """planner.plan / frontier: the gradient search against the closed-form optimum, exact budgets,
 determinism, monotonicity, edge budgets, constraints, hardware budgets, inference-aware plans."""
 
+import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models import presets
 from planner.laws import get_law
 from planner.search import frontier, plan
 
@@ -159,49 +161,41 @@ def test_fitted_law_plans():
 
 
 # ----------------------------------------------------------------------------- CLI
-import json  # noqa: E402
-import sys  # noqa: E402
 
-from planner.cli import main  # noqa: E402
-
-DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def test_cli_plan_table_and_json(capsys):
-    code, out, _ = run(capsys, "plan", "--budget", "1e21")
+def test_cli_plan_table_and_json(cli):
+    code, out, _ = cli("plan", "--budget", "1e21")
     assert code == 0 and "params" in out and "of the budget" in out and "loss" in out
-    code, out, _ = run(capsys, "plan", "--budget", "1e21", "--json", "--law", "epoch", "--aspect", "32:128")
+    code, out, _ = cli("plan", "--budget", "1e21", "--json", "--law", "epoch", "--aspect", "32:128")
     data = json.loads(out)
     assert code == 0 and data["flops"] <= 1e21 and data["budget_used"] >= 0.99
     assert 32 <= data["config"]["d_model"] / data["config"]["n_layers"] <= 128
-    code, out, _ = run(capsys, "plan", "--hardware", "h100", "--chips", "8", "--days", "1", "--mfu", "0.4")
+    code, out, _ = cli("plan", "--hardware", "h100", "--chips", "8", "--days", "1", "--mfu", "0.4")
     assert code == 0 and "MFU 40.0%" in out and "days" in out
 
 
-def test_cli_frontier(capsys):
-    code, out, err = run(capsys, "frontier", "--from", "1e18", "--to", "1e22", "--points", "3")
+def test_cli_frontier(cli):
+    code, out, err = cli("frontier", "--from", "1e18", "--to", "1e22", "--points", "3")
     assert code == 0 and "N (6ND law)" in out and out.count("\n") >= 5
 
 
-def test_cli_fit_then_plan_with_it(capsys, tmp_path):
+def test_cli_fit_then_plan_with_it(cli, tmp_path):
     law_file = tmp_path / "law.json"
-    code, out, _ = run(capsys, "fit", str(DATA), "--exclude-highest", "5", "--out", str(law_file))
+    code, out, _ = cli("fit", str(DATA), "--exclude-highest", "5", "--out", str(law_file))
     assert code == 0 and "alpha" in out
     fitted = json.loads(law_file.read_text())
     assert abs(fitted["alpha"] - 0.34781) < 0.015 and abs(fitted["E"] - 1.8172) < 0.026  # Epoch's, within SE
-    code, out, _ = run(capsys, "plan", "--budget", "1e21", "--law-file", str(law_file), "--json")
+    code, out, _ = cli("plan", "--budget", "1e21", "--law-file", str(law_file), "--json")
     assert code == 0 and json.loads(out)["law"]["alpha"] == pytest.approx(fitted["alpha"])
 
 
-def test_cli_plot_without_matplotlib_is_a_clear_error(capsys, monkeypatch):
+def test_cli_plot_without_matplotlib_is_a_clear_error(cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on a machine without the plot extra
-    code, out, err = run(capsys, "frontier", "--from", "1e18", "--to", "1e20", "--points", "2", "--plot", "x.png")
+    code, out, err = cli("frontier", "--from", "1e18", "--to", "1e20", "--points", "2", "--plot", "x.png")
     assert code == 2 and "pip install 'scaling-planner[plot]'" in err
 
 
@@ -219,6 +213,6 @@ def test_cli_plot_without_matplotlib_is_a_clear_error(capsys, monkeypatch):
     (["frontier", "--from", "1e22", "--to", "1e20"], "need 0 < from < to"),
     (["fit", "/nonexistent.csv"], "nonexistent.csv"),
 ])
-def test_cli_plan_bad_input(capsys, argv, needle):
-    code, out, err = run(capsys, *argv)
+def test_cli_plan_bad_input(cli, argv, needle):
+    code, out, err = cli(*argv)
     assert code == 2 and not out and err.startswith("error: ") and err.count("\n") == 1 and needle in err

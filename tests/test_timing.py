@@ -11,7 +11,6 @@ import pytest
 import hardware
 from models import presets
 from planner import count_flops, count_params
-from planner.cli import main
 from planner.memory import estimate_memory, kv_cache_bytes
 from planner.timing import roofline
 
@@ -102,24 +101,20 @@ def test_kv_cache_llama_2_7b():
     assert kv_cache_bytes(presets.get("mistral-7b"), seq_len=1) == 524288 // 4
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def test_cli_hardware_and_time(capsys):
-    code, out, _ = run(capsys, "hardware")
+def test_cli_hardware_and_time(cli):
+    code, out, _ = cli("hardware")
     assert code == 0 and "tpu-v5p" in out and "989.00 TFLOP/s" in out
-    code, out, _ = run(capsys, "hardware", "--sources")
+    code, out, _ = cli("hardware", "--sources")
     assert code == 0 and "scaling-book" in out
-    code, out, _ = run(capsys, "time", "--preset", "gpt2", "--hardware", "h100", "--chips", "8", "--batch", "64",
+    code, out, _ = cli("time", "--preset", "gpt2", "--hardware", "h100", "--chips", "8", "--batch", "64",
                        "--json")
     data = json.loads(out)
     assert code == 0 and data["hardware"] == "h100-sxm" and data["chips"] == 8
     assert data["step_time_s"] == pytest.approx(data["compute_time_s"] + data["comm_time_s"])
     assert 0 < data["mfu"] < 1 and data["fits"] is True
-    code, out, _ = run(capsys, "time", "--preset", "gpt2", "--hardware", "tpu-v5e", "--batch", "4")
+    code, out, _ = cli("time", "--preset", "gpt2", "--hardware", "tpu-v5e", "--batch", "4")
     assert code == 0 and "MFU" in out and "memory/chip" in out
 
 
@@ -131,14 +126,14 @@ def test_cli_hardware_and_time(capsys):
     (["time", "--preset", "gpt2", "--hardware", "h100", "--chips", "0"], "chips=0"),
     (["time", "--preset", "gpt2", "--hardware", "/nonexistent/chip.toml"], "chip.toml"),
 ])
-def test_cli_time_bad_input(capsys, argv, needle):
-    code, out, err = run(capsys, *argv)
+def test_cli_time_bad_input(cli, argv, needle):
+    code, out, err = cli(*argv)
     assert code == 2 and not out and err.startswith("error: ") and err.count("\n") == 1 and needle in err
 
 
-def test_cli_calibrate_writes_a_usable_target(capsys, tmp_path):
+def test_cli_calibrate_writes_a_usable_target(cli, tmp_path):
     out_file = tmp_path / "here.toml"
-    code, out, _ = run(capsys, "calibrate", "--seconds", "0.3", "--out", str(out_file))
+    code, out, _ = cli("calibrate", "--seconds", "0.3", "--out", str(out_file))
     assert code == 0 and out_file.exists()
-    code, out, _ = run(capsys, "time", "--preset", "tiny-gpt", "--hardware", str(out_file), "--dtype", "fp32")
+    code, out, _ = cli("time", "--preset", "tiny-gpt", "--hardware", str(out_file), "--dtype", "fp32")
     assert code == 0 and "step time" in out

@@ -8,7 +8,6 @@ import pytest
 
 from models import presets
 from planner import validation as vmod
-from planner.cli import main
 from planner.hlo import cost_of, parse_hlo
 from planner.validation import default_grid, validate
 
@@ -137,28 +136,24 @@ def test_bad_arguments():
 
 
 # ----------------------------------------------------------------------------- CLI
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def test_cli_validate_table_and_json(capsys):
-    code, out, _ = run(capsys, "validate", "--preset", "gpt2", "--seq", "64")
+def test_cli_validate_table_and_json(cli):
+    code, out, _ = cli("validate", "--preset", "gpt2", "--seq", "64")
     assert code == 0 and "verdict: OK" in out and "dot FLOPs (HLO text)" in out and "exact" in out
-    code, out, _ = run(capsys, "validate", "--preset", "tiny-llama", "--mode", "train", "--scan", "--json")
+    code, out, _ = cli("validate", "--preset", "tiny-llama", "--mode", "train", "--scan", "--json")
     data = json.loads(out)
     assert code == 0 and data["ok"] and data["scan_layers"] and data["mode"] == "train"
     assert data["xla_dot_flops"] == data["predicted_dot_flops"]
 
 
-def test_cli_grid_summary_and_exit_status(capsys, monkeypatch):
+def test_cli_grid_summary_and_exit_status(cli, monkeypatch):
     monkeypatch.setattr(vmod, "default_grid", lambda: GRID[:2])
-    code, out, err = run(capsys, "validate", "--grid", "--mode", "forward")
+    code, out, err = cli("validate", "--grid", "--mode", "forward")
     assert code == 0 and "4 validations" in out and "max |error|" in out and "0 outside tolerance" in out
     assert "4/4" in err  # the progress bar
     monkeypatch.setattr(vmod.ValidationReport, "ok", property(lambda self: False))
-    code, out, _ = run(capsys, "validate", "--grid", "--mode", "forward")
+    code, out, _ = cli("validate", "--grid", "--mode", "forward")
     assert code == 1 and "4 outside tolerance" in out
 
 
@@ -169,6 +164,6 @@ def test_cli_grid_summary_and_exit_status(capsys, monkeypatch):
     (["validate", "--preset", "gpt2", "--mode", "backward"], "invalid choice: 'backward'"),
     (["validate", "--preset", "gpt2", "--seq", "5000"], "exceeds the learned position table"),
 ])
-def test_cli_validate_bad_input(capsys, argv, needle):
-    code, out, err = run(capsys, *argv)
+def test_cli_validate_bad_input(cli, argv, needle):
+    code, out, err = cli(*argv)
     assert code == 2 and not out and err.startswith("error: ") and err.count("\n") == 1 and needle in err

@@ -26,7 +26,7 @@ from importlib import resources
 from hardware.calibration import calibrate
 from hardware.spec import DTYPES, Spec, from_toml, load, save, to_toml
 
-__all__ = ["DTYPES", "Spec", "calibrate", "from_toml", "get", "load", "names", "save", "to_toml"]
+__all__ = ["DTYPES", "Spec", "calibrate", "from_toml", "get", "load", "names", "resolve", "save", "to_toml"]
 
 
 @functools.cache
@@ -91,3 +91,13 @@ def get(name_or_path: str | os.PathLike) -> Spec:
         )
     file, text = _shipped()[canonical]
     return from_toml(text, f"hardware/specs/{file}")
+
+
+def resolve(target) -> Spec:
+    """A `Spec` from a Spec, a name, an alias or a spec file path; anything else is a ValueError."""
+    if isinstance(target, Spec):
+        return target
+    if isinstance(target, str | os.PathLike):
+        return get(target)
+    raise ValueError(f"hardware={target!r}: give a chip name ({', '.join(names())}), a spec file path, "
+                     "or a hardware.Spec")

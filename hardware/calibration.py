@@ -138,8 +138,9 @@ def calibrate(*, seconds: float = 2.0, dtype: str | Sequence[str] = "float32") -
     """
     import jax
 
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"calibrate: seconds must be a positive number, got {seconds!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+            or not 0 < seconds <= 600:
+        raise ValueError(f"calibrate: seconds must be a number in (0, 600], got {seconds!r}")
     dtypes = (dtype,) if isinstance(dtype, str) else tuple(dtype)
     keys = [dtype_key(d) for d in dtypes]
     if not keys or any(k not in ("fp32", "bf16") for k in keys):

@@ -11,6 +11,7 @@ integrality and divisibility checks, which only make sense for a concrete shape.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any, Literal
 
@@ -36,10 +37,17 @@ def is_relaxed(value: Any) -> bool:
     return isinstance(value, jax.Array)
 
 
-def _check_size(name: str, value: Any, *, optional: bool = False) -> None:
+def check_size(name: str, value: Any, *, optional: bool = False) -> None:
     if optional and value is None:
         return
     if is_relaxed(value):
+        import jax
+
+        if isinstance(value, jax.core.Tracer):
+            return  # under jit/grad/vmap: no concrete value to check
+        arr = np.asarray(value)
+        if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+            raise ValueError(f"{name}={value!r}: a relaxed (array) size must be positive and finite everywhere")
         return
     hint = " (or None)" if optional else ""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or isinstance(
@@ -68,7 +76,11 @@ def _check_bool(name: str, value: Any, *, optional: bool = False) -> None:
 
 
 def _check_positive_float(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+    try:
+        finite = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        finite = False
+    if not finite or value <= 0:
         raise ValueError(f"{name}={value!r}: must be a positive finite number")
 
 
@@ -122,9 +134,9 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in SIZE_FIELDS:
-            _check_size(name, getattr(self, name))
+            check_size(name, getattr(self, name))
         for name in OPTIONAL_SIZE_FIELDS:
-            _check_size(name, getattr(self, name), optional=True)
+            check_size(name, getattr(self, name), optional=True)
         _check_choice("mlp", self.mlp, MLP_KINDS)
         _check_choice("norm", self.norm, NORM_KINDS)
         _check_choice("position", self.position, POSITION_KINDS)

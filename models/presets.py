@@ -129,7 +129,7 @@ def public_names() -> tuple[str, ...]:
 
 def info(name: str) -> Preset:
     """The preset with its source and published parameter count."""
-    if name not in _PRESETS:
+    if not isinstance(name, str) or name not in _PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid: {', '.join(_PRESETS)}")
     return _PRESETS[name]
 

@@ -8,6 +8,13 @@
 True
 """
 
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("scaling-planner")
+except _metadata.PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+source"
+
 from planner.flops import (
     CONVENTIONS,
     FLOP_COMPONENTS,
@@ -26,6 +33,7 @@ from planner.timing import ComponentTime, StepTime, roofline
 from planner.validation import ValidationReport, default_grid, validate
 
 __all__ = [
+    "__version__",
     "CONVENTIONS",
     "FLOP_COMPONENTS",
     "FlopCount",

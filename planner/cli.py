@@ -328,6 +328,11 @@ def cmd_time(args: argparse.Namespace) -> int:
     m = estimate_memory(cfg, batch_size=_batch(args), seq_len=args.seq, chips=args.chips, dtype=args.dtype,
                         param_dtype=args.param_dtype, remat=args.remat, shard_state=args.shard, hardware=spec)
     seq = cfg.seq_len if args.seq is None else args.seq
+    if args.plot:
+        from planner.plots import roofline_figure
+
+        roofline_figure(r, args.plot, f"{args.preset or 'custom config'} on {args.chips} x {spec.name}, "
+                                      f"batch {_batch(args)} x {seq}")
     if args.json:
         print(json.dumps({
             "preset": args.preset, "config": _config_json(cfg), "hardware": spec.name, "chips": args.chips,
@@ -440,6 +445,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise UsageError("give either --budget or a hardware budget (--hardware/--chips/--days), not both")
     p = plan(args.budget, **_plan_kwargs(args))
     print(json.dumps(_plan_json(p), indent=2) if args.json else _plan_text(p))
+    if args.plot:
+        from planner.plots import isoflop_figure, roofline_figure
+
+        if p.step_time is not None:
+            from planner.timing import roofline
+
+            import hardware
+
+            step = roofline(p.config, hardware=hardware.get(args.hardware), chips=args.chips,
+                            batch_size=p.batch_size, seq_len=p.config.seq_len, dtype=args.dtype)
+            roofline_figure(step, args.plot, f"plan on {args.chips} x {step.hardware}")
+        else:
+            isoflop_figure(p, args.plot)
+        if not args.json:
+            print(f"plot written to {args.plot}")
     return 0
 
 
@@ -457,9 +477,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     kw = _plan_kwargs(args)
     if kw.get("hardware") is not None:
         raise UsageError("frontier sweeps FLOP budgets; drop --hardware (or use 'planner plan' for one machine budget)")
-    bar = Progress(1, sys.stderr)
     plans = frontier(budgets, **kw)
-    bar.step("frontier")
     if args.json:
         print(json.dumps([_plan_json(p) for p in plans], indent=2))
     else:
@@ -472,41 +490,11 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         print(table(("budget", "params", "tokens", "tok/param", "d_model", "layers", "loss", "N (6ND law)",
                      "D (6ND law)"), rows, "lrrrrrrrr"))
     if args.plot:
-        _plot_frontier(plans, args.plot)
+        from planner.plots import frontier_figure
+
+        frontier_figure(plans, args.plot)
+        print(f"plot written to {args.plot}")
     return 0
-
-
-def _plot_frontier(plans, path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'scaling-planner[plot]'") from None
-    import numpy as np
-
-    law = plans[0].law
-    c = np.array([p.budget for p in plans])
-    n6, d6 = (np.asarray(v, float) for v in law.optimal_allocation(c))
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax[0].loglog(c, [p.params for p in plans], "o-", label="N (planned shape)")
-    ax[0].loglog(c, [p.tokens for p in plans], "s-", label="D (planned tokens)")
-    ax[0].loglog(c, n6, "--", label="N_opt, C = 6ND closed form")
-    ax[0].loglog(c, d6, ":", label="D_opt, C = 6ND closed form")
-    ax[0].set_xlabel("compute budget C (FLOP)")
-    ax[0].legend()
-    ax[0].set_title("compute-optimal frontier")
-    for p in plans[:: max(1, len(plans) // 5)]:
-        ns = np.geomspace(p.params / 30, p.params * 30, 60)
-        ax[1].semilogx(ns, [float(law.loss(n, p.budget / (6 * n))) for n in ns], label=f"C = {p.budget:.0e}")
-    ax[1].set_xlabel("parameters N (D = C / 6N)")
-    ax[1].set_ylabel("predicted loss")
-    ax[1].set_title("isoFLOP curves")
-    ax[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"plot written to {path}")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -559,7 +547,10 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from planner import __version__
+
     parser = _Parser(prog="planner", description="What a transformer costs, and what shape to train.")
+    parser.add_argument("--version", action="version", version=f"planner (scaling-planner) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -601,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param-dtype", dest="param_dtype", default="fp32", choices=("fp32", "bf16"),
                    help="parameter and gradient dtype (default fp32)")
     p.add_argument("--remat", action="store_true", help="memory with full activation rematerialisation")
+    p.add_argument("--plot", metavar="PNG", help="write the per-component roofline as a PNG (needs matplotlib)")
     p.add_argument("--shard", action="store_true",
                    help="memory with parameters, gradients and AdamW state sharded over the chips (FSDP)")
     p.set_defaults(func=cmd_time)
@@ -613,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="the compute-optimal shape for a budget (the main job)")
     p.add_argument("--budget", type=float, metavar="FLOPS", help="training FLOPs to spend, e.g. 1e21")
+    p.add_argument("--plot", metavar="PNG", help="write the plan's roofline (hardware budget) or its isoFLOP "
+                                                 "curve (needs matplotlib)")
     _add_plan_args(p)
     p.set_defaults(func=cmd_plan)
 
@@ -646,7 +640,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except ValueError as err:  # UsageError included
-        print(f"error: {err}", file=sys.stderr)
+        # one line, whatever the input held (a value with a newline is shown escaped)
+        message = str(err).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `planner plan ... | head`: the reader left; nothing to report
         sys.stderr.close()

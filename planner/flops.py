@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from models.config import TransformerConfig, is_relaxed
+from models.config import TransformerConfig, check_size
 from planner.params import count_params, promote
 
 MODES = ("forward", "backward", "train")
@@ -78,13 +78,6 @@ def _half(x):
 
 def _zeros() -> dict[str, Any]:
     return dict.fromkeys(FLOP_COMPONENTS, 0)
-
-
-def _check_positive_int_or_array(name: str, value: Any) -> None:
-    if is_relaxed(value):
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}={value!r}: must be a positive int")
 
 
 def forward_matmuls(cfg: TransformerConfig, batch_size, seq_len) -> dict[str, Matmul]:
@@ -480,9 +473,9 @@ def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str
       >>> c.total == 3 * count_flops(presets.get("gpt2"), convention="fma").total
       True
     """
-    if convention not in CONVENTIONS:
+    if not isinstance(convention, str) or convention not in CONVENTIONS:
         raise ValueError(f"convention={convention!r}: unknown; valid: {', '.join(CONVENTIONS)}")
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode={mode!r}: unknown; valid: {', '.join(MODES)}")
     if not isinstance(causal, bool):
         raise ValueError(f"causal={causal!r}: must be True or False")
@@ -492,8 +485,8 @@ def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str
             f"the published formula {convention!r} is reproduced as printed"
         )
     seq_len = cfg.seq_len if seq_len is None else seq_len
-    _check_positive_int_or_array("batch_size", batch_size)
-    _check_positive_int_or_array("seq_len", seq_len)
+    check_size("batch_size", batch_size)
+    check_size("seq_len", seq_len)
     if (cfg.position == "learned" and isinstance(seq_len, int) and isinstance(cfg.seq_len, int)
             and seq_len > cfg.seq_len):
         raise ValueError(

@@ -158,7 +158,7 @@ def get_law(name_or_law: str | ScalingLaw, **overrides) -> ScalingLaw:
         if law is None:
             raise ValueError(f"unknown scaling law {name_or_law!r}; valid names: {', '.join(LAWS)}")
     else:
-        raise TypeError(f"expected a law name or a ScalingLaw, got {type(name_or_law).__name__}")
+        raise ValueError(f"law={name_or_law!r}: expected a law name ({', '.join(LAWS)}) or a ScalingLaw")
     return dataclasses.replace(law, **overrides) if overrides else law
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from models.config import TransformerConfig
+from models.config import TransformerConfig, check_size
 from planner.params import count_params, promote
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
@@ -30,7 +30,7 @@ class MemoryEstimate(NamedTuple):
 
 
 def _dtype_bytes(name: str, dtype: str) -> int:
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise ValueError(f"{name}={dtype!r}: unknown dtype; valid: {', '.join(DTYPE_BYTES)}")
     return DTYPE_BYTES[dtype]
 
@@ -84,6 +84,11 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
     step donates its parameters and optimizer state, so the updated ones reuse their buffers.
     """
     seq_len = cfg.seq_len if seq_len is None else seq_len
+    for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("chips", chips)):
+        check_size(name, v)
+    for name, v in (("master_weights", master_weights), ("remat", remat), ("shard_state", shard_state)):
+        if not isinstance(v, bool):
+            raise ValueError(f"{name}={v!r}: must be True or False")
     cfg, batch_size, seq_len, chips = promote(cfg, batch_size, seq_len, chips)
     n = count_params(cfg).total
     pbytes = _dtype_bytes("param_dtype", param_dtype)
@@ -102,7 +107,7 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
     if hardware is not None:
         import hardware as hw
 
-        spec = hw.get(hardware) if isinstance(hardware, str) else hardware
+        spec = hw.resolve(hardware)
         hbm = spec.hbm_bytes
         fits = total <= hbm
     return MemoryEstimate(params, grads, optimizer, activations, logits, total, hbm, fits)

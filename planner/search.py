@@ -338,17 +338,20 @@ def _setup(*, law, base, convention, hardware, chips, days, mfu, dtype, head_dim
         base = presets.get(base)
     elif not isinstance(base, TransformerConfig):
         raise ValueError(f"base={base!r}: give a TransformerConfig or a preset name ({', '.join(presets.names())})")
-    if convention not in CONVENTIONS or convention == "megatron-recompute":
+    if not isinstance(convention, str) or convention not in CONVENTIONS or convention == "megatron-recompute":
         valid = [c for c in CONVENTIONS if c != "megatron-recompute"]
         raise ValueError(f"convention={convention!r}: unknown for planning; valid: {', '.join(valid)}")
     if head_dim not in (64, 128) and not (isinstance(head_dim, int) and head_dim > 0 and head_dim % 2 == 0):
         raise ValueError(f"head_dim={head_dim!r}: must be a positive even int (64 or 128 usually)")
     kv_group = base.n_heads // base.resolved_n_kv_heads
-    ratio = base.d_ff / base.d_model if mlp_ratio is None else mlp_ratio
-    if not (isinstance(ratio, int | float) and 1 <= ratio <= 8):
-        raise ValueError(f"mlp_ratio={mlp_ratio!r}: must be a number between 1 and 8 (d_ff / d_model)")
+    ratio = base.d_ff / base.d_model if mlp_ratio is None else _number("mlp_ratio", mlp_ratio, 1, 8)
+    if not 1 <= ratio <= 8:
+        raise ValueError(f"base d_ff / d_model = {ratio:.3g}: the search keeps it in [1, 8]; pass mlp_ratio")
     if aspect_ratio is not None:
-        lo, hi = aspect_ratio
+        if isinstance(aspect_ratio, str) or not hasattr(aspect_ratio, "__len__") or len(aspect_ratio) != 2:
+            raise ValueError(f"aspect_ratio={aspect_ratio!r}: give (min, max) of d_model / n_layers, or None")
+        lo = _number("aspect_ratio[0]", aspect_ratio[0], 0)
+        hi = _number("aspect_ratio[1]", aspect_ratio[1], 0)
         if not (0 < lo <= hi):
             raise ValueError(f"aspect_ratio={aspect_ratio!r}: infeasible; give (min, max) of d_model / n_layers "
                              "with 0 < min <= max")
@@ -366,12 +369,15 @@ def _setup(*, law, base, convention, hardware, chips, days, mfu, dtype, head_dim
         if hardware is None or chips is None or days is None:
             raise ValueError("a hardware budget needs hardware=, chips= and days= together "
                              f"(got hardware={hardware!r}, chips={chips!r}, days={days!r})")
-        spec = hw.get(hardware) if isinstance(hardware, str) else hardware
+        spec = hw.resolve(hardware)
         if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
             raise ValueError(f"chips={chips!r}: must be a positive int")
-        if not isinstance(days, int | float) or not math.isfinite(days) or days <= 0:
-            raise ValueError(f"days={days!r}: must be a positive number")
-        if mfu is not None and not (isinstance(mfu, int | float) and 0 < mfu <= 1):
+        if isinstance(days, bool) or not isinstance(days, int | float) or not math.isfinite(days) \
+                or not 0 < days <= 36500:
+            raise ValueError(f"days={days!r}: must be a number of days in (0, 36500]")
+        if chips > 10**8:
+            raise ValueError(f"chips={chips!r}: at most 10^8")
+        if mfu is not None and not (_number("mfu", mfu, 0, 1) > 0):
             raise ValueError(f"mfu={mfu!r}: must be in (0, 1]")
         spec.peak(dtype)  # a dtype the chip lacks fails here, naming it
         seconds = float(days) * 86400.0
@@ -382,10 +388,30 @@ def _setup(*, law, base, convention, hardware, chips, days, mfu, dtype, head_dim
     return s, seconds
 
 
+#: The largest budget the search takes (its float32 relaxation; 1e35 FLOP is 1e7 times 2025's
+#: largest training runs).
+MAX_BUDGET = 1e35
+
+
+def _number(name: str, value, lo: float, hi: float = math.inf) -> float:
+    """A real number in [lo, hi] (bools, strings, NaN and inf refused), or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise ValueError(f"{name}={value!r}: must be a number")
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise ValueError(f"{name}={value!r}: must be a finite number in [{lo:g}, {hi:g}]")
+    return v
+
+
 def _check_budget(budget_flops) -> float:
     if isinstance(budget_flops, bool) or not isinstance(budget_flops, int | float) \
             or not math.isfinite(budget_flops) or budget_flops <= 0:
         raise ValueError(f"budget_flops={budget_flops!r}: must be a positive finite number of FLOPs, e.g. 1e21")
+    if budget_flops > MAX_BUDGET:
+        raise ValueError(f"budget_flops={budget_flops!r}: above the planner's range (at most {MAX_BUDGET:g} FLOPs)")
     return float(budget_flops)
 
 
@@ -443,7 +469,8 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
     s, seconds = _setup(law=law, base=base, convention=convention, hardware=hardware, chips=chips, days=days,
                         mfu=mfu, dtype=dtype, head_dim=head_dim, free_mlp_ratio=free_mlp_ratio,
                         mlp_ratio=mlp_ratio, aspect_ratio=aspect_ratio, n_layers=n_layers, d_model=d_model)
-    if not head_dims or any(not isinstance(h, int) or h <= 0 or h % 2 for h in head_dims):
+    if isinstance(head_dims, str) or not hasattr(head_dims, "__iter__") or not head_dims \
+            or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 or h % 2 for h in head_dims):
         raise ValueError(f"head_dims={head_dims!r}: give positive even ints, e.g. (64, 128)")
     for name, v in (("d_model_multiple", d_model_multiple), ("d_ff_multiple", d_ff_multiple)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -453,11 +480,15 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
                          "divide d_model_multiple (or be a multiple of it)")
     if max_memory_per_chip is None and s.hw is not None:
         max_memory_per_chip = s.hw.hbm_bytes
-    if max_memory_per_chip is not None and not (isinstance(max_memory_per_chip, int | float)
-                                                and max_memory_per_chip > 0):
-        raise ValueError(f"max_memory_per_chip={max_memory_per_chip!r}: must be a positive number of bytes")
-    if batch_tokens is not None and not (isinstance(batch_tokens, int | float) and batch_tokens >= 1):
-        raise ValueError(f"batch_tokens={batch_tokens!r}: must be a positive number of tokens")
+    if max_memory_per_chip is not None:
+        max_memory_per_chip = _number("max_memory_per_chip", max_memory_per_chip, 1)
+    if batch_tokens is not None:
+        batch_tokens = _number("batch_tokens", batch_tokens, 1, 1e15)
+    if inference_tokens is not None:
+        inference_tokens = _number("inference_tokens", inference_tokens, 0, 1e30)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100_000:
+        raise ValueError(f"steps={steps!r}: must be an int in [1, 100000]")
+    learning_rate = _number("learning_rate", learning_rate, 1e-6, 10)
 
     if s.hw is not None:
         budget_list = [seconds]

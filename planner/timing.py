@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from models.config import TransformerConfig
+from models.config import TransformerConfig, check_size
 from planner.flops import FLOP_COMPONENTS, count_flops, step_matmuls
 from planner.memory import _dtype_bytes
 from planner.params import count_params, promote
@@ -122,11 +122,13 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=1, batch_size=1, seq_len
     """
     import hardware as hw
 
-    spec = hw.get(hardware) if isinstance(hardware, str) else hardware
+    spec = hw.resolve(hardware)
     peak = spec.peak(dtype)
     act_bytes = _dtype_bytes("dtype", dtype)
     param_bytes = _dtype_bytes("param_dtype", param_dtype)
     seq_len = cfg.seq_len if seq_len is None else seq_len
+    check_size("batch_size", batch_size)
+    check_size("seq_len", seq_len)
     if isinstance(chips, bool) or not (isinstance(chips, int) or isinstance(chips, jax.Array)) or (
             isinstance(chips, int) and chips <= 0):
         raise ValueError(f"chips={chips!r}: must be a positive int")

@@ -183,9 +183,9 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
     Returns:
       A `ValidationReport`.
     """
-    if mode not in VALIDATE_MODES:
+    if not isinstance(mode, str) or mode not in VALIDATE_MODES:
         raise ValueError(f"mode={mode!r}: unknown; valid: {', '.join(VALIDATE_MODES)}")
-    if stage not in STAGES:
+    if not isinstance(stage, str) or stage not in STAGES:
         raise ValueError(f"stage={stage!r}: unknown; valid: {', '.join(STAGES)}")
     if cfg.relaxed:
         raise ValueError("validate needs integer sizes; got a relaxed (array) config")

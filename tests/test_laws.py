@@ -187,7 +187,7 @@ def test_get_law_errors():
     with pytest.raises(ValueError, match="unknown scaling law 'kaplan'; valid names: chinchilla, "
                                          "chinchilla-rounded, epoch"):
         get_law("kaplan")
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="law=3: expected a law name"):
         get_law(3)
 
 

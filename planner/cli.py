@@ -424,7 +424,7 @@ def _plan_text(p) -> str:
         f"seq={c.seq_len} {c.mlp}/{c.norm}/{c.position}{'/tied' if c.tied_embeddings else ''}",
         f"data        {human(p.tokens)} tokens = {p.steps:,} steps x {p.batch_size} x {c.seq_len} "
         f"({p.tokens / p.params:.1f} tokens/param)",
-        f"compute     {float(p.flops):.4g} FLOP ({100 * p.budget_used:.2f}% of the budget)",
+        f"compute     {float(p.flops):.6e} FLOP ({100 * p.budget_used:.3f}% of the budget)",
         f"loss        {p.loss:.4f} predicted",
         f"before rounding: d_model {p.continuous['d_model']:.0f}, n_layers {p.continuous['n_layers']:.1f}, "
         f"{human(p.continuous['params'])} params, {human(p.continuous['tokens'])} tokens, "

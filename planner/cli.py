@@ -471,8 +471,8 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     lo, hi = args.from_, args.to
     if not (0 < lo < hi) or not all(map(np.isfinite, (lo, hi))):
         raise UsageError(f"--from {lo:g} --to {hi:g}: need 0 < from < to")
-    if args.points < 2:
-        raise UsageError(f"--points {args.points}: need at least 2")
+    if not 2 <= args.points <= 1000:
+        raise UsageError(f"--points {args.points}: need 2 to 1000 budgets")
     budgets = np.geomspace(lo, hi, args.points).tolist()
     kw = _plan_kwargs(args)
     if kw.get("hardware") is not None:

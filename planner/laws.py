@@ -339,8 +339,11 @@ def fit_scaling_law(N, D, loss, *, delta: float = 1e-3, starts=None, bootstrap: 
     if params not in PARAM_CONVENTIONS:
         raise ValueError(f"params={params!r} is not one of "
                          f"{', '.join(map(repr, PARAM_CONVENTIONS))}")
-    if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
-        raise ValueError(f"delta={delta!r} must be positive and finite")
+    if isinstance(delta, bool) or not (isinstance(delta, (int, float)) and math.isfinite(delta) and 0 < delta <= 1):
+        raise ValueError(f"delta={delta!r} must be in (0, 1] (a threshold on log-loss residuals; "
+                         "Hoffmann et al. use 1e-3)")
+    if not isinstance(bootstrap, bool) and isinstance(bootstrap, (int, np.integer)) and bootstrap > 10_000:
+        raise ValueError(f"bootstrap={bootstrap}: at most 10000 resamples")
     for name, value in (("bootstrap", bootstrap), ("exclude_highest_loss", exclude_highest_loss)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name}={value!r} must be a non-negative integer")

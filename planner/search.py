@@ -273,6 +273,12 @@ def _candidates(s: _Setup, d_cont: float, l_cont: float, ratio: float, *, multip
     return out
 
 
+def _divisors(n: int) -> list[int]:
+    """The divisors of n, ascending (trial division up to sqrt(n))."""
+    small = [k for k in range(1, math.isqrt(n) + 1) if n % k == 0]
+    return small + [n // k for k in reversed(small) if k * k != n]
+
+
 def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, max_memory):
     """Exact evaluation of one shape: whole steps within the budget, integer FLOPs."""
     t = cfg.seq_len
@@ -297,7 +303,7 @@ def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, ma
         # Gradient accumulation: the largest micro-batch (a divisor of the per-chip batch) whose
         # memory fits; the step's FLOPs and roofline time are those of the whole batch.
         local = batch_size // s.chips
-        for micro in sorted((m for m in range(1, local + 1) if local % m == 0), reverse=True):
+        for micro in _divisors(local)[::-1]:
             mem = float(estimate_memory(cfg, batch_size=micro * s.chips, seq_len=t, chips=s.chips,
                                         dtype=s.dtype, shard_state=True).total)
             if max_memory is None or mem <= max_memory:
@@ -495,6 +501,8 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
         nominal = s.hw.peak(dtype) * s.chips * seconds * (s.mfu or 0.4)  # only to size the default batch
         batches = [_batch_size(nominal, s.base.seq_len, batch_tokens, s.chips)]
     else:
+        if isinstance(budgets, str) or not hasattr(budgets, "__len__") or not 1 <= len(budgets) <= 10_000:
+            raise ValueError(f"budgets={budgets!r}: give 1 to 10000 budgets in FLOPs")
         budget_list = [_check_budget(b) for b in budgets]
         batches = [_batch_size(b, s.base.seq_len, batch_tokens, 1) for b in budget_list]
 

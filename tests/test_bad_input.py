@@ -4,6 +4,7 @@ TOML and CSV). The CLI must answer one line `error: ...` with exit status 2 (or 
 library must raise ValueError. Never a traceback, a hang or another exception type."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,25 @@ def test_fit_rejects_junk(values):
         planner.fit_scaling_law(values, values, values)
     except ValueError:
         return
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    # each would have run for hours or exhausted memory before it was capped
+    (["frontier", "--points", "100000000"], "--points 100000000: need 2 to 1000"),
+    (["fit", "DATA", "--bootstrap", "100000000"], "bootstrap=100000000: at most 10000"),
+    (["fit", "DATA", "--delta", "1e300"], "delta=1e+300 must be in (0, 1]"),
+    (["calibrate", "--seconds", "1e9"], "seconds must be a number in (0, 600]"),
+    (["plan", "--budget", "1e300"], "above the planner's range"),
+    (["plan", "--hardware", "h100", "--chips", "8", "--days", "1e9"], "days=1000000000.0"),
+])
+def test_no_hangs(cli, argv, needle):
+    data = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv")
+    code, out, err = cli(*[data if a == "DATA" else a for a in argv])
+    assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_micro_batch_search_is_fast_for_huge_batches():
+    from planner.search import _divisors
+
+    assert _divisors(12) == [1, 2, 3, 4, 6, 12] and _divisors(1) == [1] and _divisors(49) == [1, 7, 49]
+    assert len(_divisors(488_281_250_000)) == 80  # 2^4 x 5^15: found by trial division to sqrt

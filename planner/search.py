@@ -7,15 +7,16 @@ Method (`plan`):
    norm and position kind, tying and the KV-head grouping. Sizes become `jnp` floats and the
    closed forms (`count_params`, `count_flops`, `roofline`) become differentiable functions.
 2. **Eliminate tokens through the budget.** D = budget / (training FLOPs per token of that shape,
-   under the chosen convention); with a hardware budget, D = seconds x chips ... / (roofline step
-   time per token) so efficient shapes earn more tokens. The predicted loss L(N, D) of the
-   scaling law is then a function of the shape alone.
+   under the chosen convention); with a hardware budget, D = the run's wall time / (roofline
+   step time per token on ``chips`` chips), so shapes that run efficiently earn more tokens. The
+   predicted loss L(N, D) of the scaling law is then a function of the shape alone.
 3. **Minimise with Optax** (Adam on the log-sizes, a projection onto the bounds and
    constraints after each step), from a few starting points at once (`vmap`), under `jit`.
 4. **Round** to hardware-friendly shapes around the optimum (d_model a multiple of 128, head_dim
    64 or 128, integer layers, d_ff a multiple of 128), evaluate that neighbourhood exactly
-   (integer FLOPs, whole steps), and keep the best one that satisfies the constraints. Its exact
-   cost never exceeds the budget.
+   (integer FLOPs, whole steps; on hardware budgets, memory with FSDP-sharded state and the
+   largest gradient-accumulation micro-batch that fits), and keep the best one that satisfies
+   the constraints. Its exact cost never exceeds the budget.
 """
 
 from __future__ import annotations

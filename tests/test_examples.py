@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+# PYTHONPATH: the scripts import the checkout even where the package is not installed.
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 
 EXAMPLES = {
     "budget_sweep.py": (["--points", "3"], "6ND law"),

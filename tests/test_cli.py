@@ -101,3 +101,14 @@ def test_count_flops_table(cli):
 def test_flop_flags_bad_input(cli, argv, needle):
     code, out, err = cli(*argv)
     assert code == 2 and not out and err.startswith("error: ") and err.count("\n") == 1 and needle in err
+
+
+def test_version_and_help():
+    import planner
+
+    res = subprocess.run([sys.executable, "-m", "planner", "--version"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == f"planner (scaling-planner) {planner.__version__}"
+    res = subprocess.run([sys.executable, "-m", "planner", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    for command in ("count", "validate", "hardware", "time", "calibrate", "plan", "frontier", "fit", "presets"):
+        assert command in res.stdout

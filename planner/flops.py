@@ -289,7 +289,7 @@ def _xla_backward_extra(cfg: TransformerConfig, b, t) -> dict[str, Any]:
     return c
 
 
-def _xla_optimizer(cfg: TransformerConfig) -> tuple[Any, Any]:
+def xla_optimizer_flops(cfg: TransformerConfig) -> tuple[Any, Any]:
     """optax.adamw update + apply_updates: 15 FLOPs and 1 sqrt per parameter, plus 7 FLOPs and
     2 powers for the bias corrections (measured; independent of how the parameters are split)."""
     p = count_params(cfg).total
@@ -320,7 +320,7 @@ def _count_xla(cfg, batch_size, seq_len, mode, causal):
         parts.append(_xla_backward_extra(cfg, batch_size, seq_len))
         trans += tokens * cfg.vocab_size + tokens  # the loss's exp and log
     if mode == "train":
-        opt_flops, opt_trans = _xla_optimizer(cfg)
+        opt_flops, opt_trans = xla_optimizer_flops(cfg)
         parts.append({"optimizer": opt_flops})
         trans += opt_trans
     for part in parts:

@@ -13,6 +13,8 @@ import math
 import re
 from typing import Any, NamedTuple
 
+from planner.flops import FLOP_COMPONENTS
+
 
 class Cost(NamedTuple):
     """FLOPs and transcendentals as XLA reported them (absent keys read as 0)."""
@@ -166,8 +168,6 @@ def parse_hlo(text: str) -> HloSummary:
             continue
         in_loop.add(c)
         stack.extend(calls.get(c, ()))
-
-    from planner.flops import FLOP_COMPONENTS
 
     components = set(FLOP_COMPONENTS)
     dots: list[Dot] = []

@@ -175,23 +175,33 @@ def _log_loss(law: ScalingLaw, log_n, log_d):
     return law.E + law.A * jnp.exp(-law.alpha * log_n) + law.B * jnp.exp(-law.beta * log_d)
 
 
+def _law_params(s: _Setup, cfg):
+    """N as the law counts it: all parameters or the non-embedding ones."""
+    pc = count_params(cfg)
+    return pc.total if s.law.params == "total" else pc.non_embedding
+
+
+def _hw_step(s: _Setup, cfg, batch_size):
+    """(time of one step, its MFU) on the hardware budget: the roofline's, or the fma training
+    FLOPs at the given MFU. Works on exact and relaxed configs."""
+    from planner.timing import roofline
+
+    if s.mfu is None:
+        r = roofline(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=cfg.seq_len, dtype=s.dtype)
+        return r.step_time, r.mfu
+    model = count_flops(cfg, batch_size=batch_size, seq_len=cfg.seq_len, mode="train", convention="fma").total
+    return model / (s.chips * s.hw.peak(s.dtype) * s.mfu), s.mfu
+
+
 def _tokens_and_loss(s: _Setup, cfg, log_budget, batch_size):
     """(log N, log D, loss) of a relaxed shape: D from the budget (FLOPs, or seconds on the
     machine with a hardware budget)."""
     t = cfg.seq_len
-    pc = count_params(cfg)
-    n = pc.total if s.law.params == "total" else pc.non_embedding
     if s.hw is None:
         step_cost = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention=s.convention).total
-    elif s.mfu is None:
-        from planner.timing import roofline
-
-        step_cost = roofline(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=t,
-                             dtype=s.dtype).step_time
     else:
-        model = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention="fma").total
-        step_cost = model / (s.chips * s.hw.peak(s.dtype) * s.mfu)
-    log_n = jnp.log(n)
+        step_cost = _hw_step(s, cfg, batch_size)[0]
+    log_n = jnp.log(_law_params(s, cfg))
     log_d = log_budget - jnp.log(step_cost) + jnp.log(batch_size * t)
     return log_n, log_d, _log_loss(s.law, log_n, log_d)
 
@@ -283,22 +293,15 @@ def _divisors(n: int) -> list[int]:
 def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, max_memory):
     """Exact evaluation of one shape: whole steps within the budget, integer FLOPs."""
     t = cfg.seq_len
-    pc = count_params(cfg)
-    n = pc.total if s.law.params == "total" else pc.non_embedding
+    n = _law_params(s, cfg)
     step_flops = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention=s.convention).total
     out = {"n": n, "step_flops": step_flops, "step_time": None, "mfu": None, "memory": None, "micro_batch": None}
     if s.hw is None:
         steps = int(budget // step_flops) if isinstance(step_flops, int) else int(math.floor(budget / float(step_flops)))
     else:
         from planner.memory import estimate_memory
-        from planner.timing import roofline
 
-        r = roofline(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=t, dtype=s.dtype)
-        if s.mfu is None:
-            step_time, mfu = r.step_time, r.mfu
-        else:
-            model = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention="fma").total
-            step_time, mfu = model / (s.chips * s.hw.peak(s.dtype) * s.mfu), s.mfu
+        step_time, mfu = _hw_step(s, cfg, batch_size)
         steps = int(math.floor(budget / step_time))
         # State sharded over the chips (FSDP / ZeRO-3), as runs of this size are trained.
         # Gradient accumulation: the largest micro-batch (a divisor of the per-chip batch) whose

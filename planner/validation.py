@@ -18,7 +18,7 @@ from flax import nnx
 
 from models.config import TransformerConfig
 from models.train import abstract_model, adamw, train_step
-from planner.flops import FLOP_COMPONENTS, MATMUL_COMPONENTS, _xla_optimizer, count_flops
+from planner.flops import FLOP_COMPONENTS, MATMUL_COMPONENTS, xla_optimizer_flops, count_flops
 from planner.hlo import Cost, HloSummary, cost_of, parse_hlo
 
 VALIDATE_MODES = ("forward", "train")
@@ -155,8 +155,8 @@ def _scan_adjusted(cfg: TransformerConfig, batch_size: int, seq_len: int, mode: 
     comps = dict(c.components)
     trans = c.transcendentals
     if mode == "train":
-        full_opt, full_opt_t = _xla_optimizer(cfg)
-        one_opt, one_opt_t = _xla_optimizer(one)
+        full_opt, full_opt_t = xla_optimizer_flops(cfg)
+        one_opt, one_opt_t = xla_optimizer_flops(one)
         comps["optimizer"] += full_opt - one_opt
         trans += full_opt_t - one_opt_t
         if cfg.norm == "rmsnorm":

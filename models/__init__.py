@@ -2,10 +2,12 @@
 
 from models import presets
 from models.config import TransformerConfig, field_names
+from models.layout import Layout
 from models.train import abstract_model, adamw, init_train_state, lm_loss, make_train_step, train_step
 from models.transformer import Transformer
 
 __all__ = [
+    "Layout",
     "Transformer",
     "TransformerConfig",
     "abstract_model",

@@ -15,6 +15,7 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+source"
 
+from models.layout import Layout
 from planner.flops import (
     CONVENTIONS,
     FLOP_COMPONENTS,
@@ -34,6 +35,7 @@ from planner.validation import ValidationReport, default_grid, validate
 
 __all__ = [
     "__version__",
+    "Layout",
     "CONVENTIONS",
     "FLOP_COMPONENTS",
     "FlopCount",

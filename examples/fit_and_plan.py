@@ -2,26 +2,27 @@
 
     python examples/fit_and_plan.py [runs.csv] [--budget 1e21]
 
-Without a CSV it fits Epoch AI's extraction of Chinchilla's Figure 4 (shared/data), dropping
-the 5 highest-loss runs as Epoch did.
+Without a CSV it fits Epoch AI's extraction of Chinchilla's Figure 4, shipped with the package
+(planner/data/chinchilla_fig4_epoch.csv, Besiroglu et al. 2024), dropping the 5 highest-loss runs
+as Epoch did.
 """
 
 import argparse
-from pathlib import Path
 
 import planner
-
-EPOCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("csv", nargs="?", default=str(EPOCH))
+    ap.add_argument("csv", nargs="?", help="default: the shipped chinchilla-epoch data set")
     ap.add_argument("--budget", type=float, default=1e21)
     args = ap.parse_args()
 
-    n, d, loss = planner.load_runs_csv(args.csv)
-    fit = planner.fit_scaling_law(n, d, loss, exclude_highest_loss=5 if args.csv == str(EPOCH) else 0)
+    if args.csv is None:
+        n, d, loss = planner.load_dataset("chinchilla-epoch")
+    else:
+        n, d, loss = planner.load_runs_csv(args.csv)
+    fit = planner.fit_scaling_law(n, d, loss, exclude_highest_loss=5 if args.csv is None else 0)
     law = fit.law
     print(f"fitted on {fit.n_points} runs: E={law.E:.4f} A={law.A:.1f} B={law.B:.1f} "
           f"alpha={law.alpha:.4f} beta={law.beta:.4f}")

@@ -1,7 +1,7 @@
 """Hardware targets: chip specs with their sources, and calibration of the local machine.
 
 The shipped specs are TOML files in `hardware/specs/`, one per chip, every number with its
-source and date (REFERENCES.md §5 is authoritative where it gives a figure). `get` takes a
+source and date (datasheets and jax-ml/scaling-book's tpus.md and gpus.md). `get` takes a
 canonical name, an alias (any case) or a path to a spec file of your own.
 
 >>> import hardware

@@ -1,7 +1,8 @@
 """Measure this machine with JAX: attained matmul FLOP/s and memory bandwidth, as a `Spec`.
 
 What is measured is what JAX attains here, on whatever backend is present, not a datasheet
-peak: jitted square matmuls (2·n³ FLOPs each, the FMA convention of REFERENCES.md §1) for a
+peak: jitted square matmuls (2·n³ FLOPs each, one FMA = 2 FLOPs, as XLA's
+`kFmaFlops` in xla/service/hlo_cost_analysis.cc) for a
 few sizes, the best of the per-size medians; and a jitted elementwise `x * 0.5 + 1` on an array
 far larger than any cache (256 MiB on CPU), counting the bytes read plus the bytes written.
 

@@ -2,7 +2,7 @@
 
 Every number is per chip and dense (no 2:4 sparsity), and every number names where it came
 from, because a wrong hard-coded peak is the most common MFU bug in public tools (nanoGPT PR
-#464, torchtitan #668; REFERENCES.md §5). For the same reason `Spec.peak` never falls back to
+#464, torchtitan #668). For the same reason `Spec.peak` never falls back to
 another dtype or another chip: asking for a dtype the chip does not publish is an error.
 
 >>> spec = Spec(name="toy", peak_flops={"bf16": 1e14}, hbm_bytes=16e9, hbm_bandwidth=8e11,

@@ -26,7 +26,7 @@ from planner.flops import (
     forward_matmuls,
     step_matmuls,
 )
-from planner.laws import LAWS, FitResult, ScalingLaw, fit_scaling_law, get_law, load_runs_csv
+from planner.laws import LAWS, FitResult, ScalingLaw, fit_scaling_law, get_law, load_dataset, load_runs_csv
 from planner.memory import MemoryEstimate, estimate_memory, kv_cache_bytes
 from planner.params import PARAM_COMPONENTS, ParamCount, count_params, param_components
 from planner.search import DEFAULT_BASE, Plan, deepseek_batch_tokens, frontier, inference_aware, plan
@@ -59,6 +59,7 @@ __all__ = [
     "frontier",
     "get_law",
     "inference_aware",
+    "load_dataset",
     "load_runs_csv",
     "plan",
     "MemoryEstimate",

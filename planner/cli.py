@@ -498,9 +498,12 @@ def cmd_frontier(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from planner.laws import fit_scaling_law, load_runs_csv
+    from planner.laws import dataset_names, fit_scaling_law, load_dataset, load_runs_csv
 
-    n, d, loss = load_runs_csv(args.csv)
+    if (args.csv is None) == (args.dataset is None):
+        raise UsageError("give a CSV file or --dataset NAME (one of: " + ", ".join(dataset_names()) + "), not "
+                         + ("both" if args.csv is not None else "neither"))
+    n, d, loss = load_runs_csv(args.csv) if args.csv is not None else load_dataset(args.dataset)
     r = fit_scaling_law(n, d, loss, delta=args.delta, bootstrap=args.bootstrap,
                         exclude_highest_loss=args.exclude_highest, params=args.params)
     law = r.law
@@ -619,7 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_frontier)
 
     p = sub.add_parser("fit", help="fit L(N, D) = E + A/N^alpha + B/D^beta to your runs (CSV)")
-    p.add_argument("csv", help="CSV with columns N (params), D (tokens) or C (FLOPs), loss")
+    p.add_argument("csv", nargs="?", help="CSV with columns N (params), D (tokens) or C (FLOPs), loss")
+    p.add_argument("--dataset", metavar="NAME", help="fit a data set shipped with the package instead of a CSV: "
+                                                     "chinchilla-epoch (Epoch AI's extraction of Chinchilla's Fig. 4)")
     p.add_argument("--delta", type=float, default=1e-3, help="Huber delta (default 1e-3, as Hoffmann et al.)")
     p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for standard errors")
     p.add_argument("--exclude-highest", dest="exclude_highest", type=int, default=0,

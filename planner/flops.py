@@ -1,6 +1,6 @@
 """Closed-form FLOP counts of `models.Transformer`, under named conventions.
 
-Every count is plain arithmetic on the config's numbers (REFERENCES.md §1-3):
+Every count is plain arithmetic on the config's numbers (the conventions and their sources: README.md, "FLOP conventions"):
 
 - Python ints give exact integers (no float rounding, even at 10^26 FLOPs);
 - `jnp` floats (a relaxed config, see `models.config`) give the continuous relaxation, under
@@ -155,9 +155,9 @@ def no_fma_matmul(m: Matmul):
 
 
 _count_fma = _matmul_convention(fma_matmul)
-_count_fma.__doc__ = "Every matmul as 2*m*n*p (one FMA = 2 FLOPs); nothing else. REFERENCES.md §1."
+_count_fma.__doc__ = "Every matmul as 2*m*n*p (one FMA = 2 FLOPs); nothing else (XLA's kFmaFlops = 2, xla/service/hlo_cost_analysis.cc)."
 _count_no_fma = _matmul_convention(no_fma_matmul)
-_count_no_fma.__doc__ = "Every matmul as m*p*(2n-1) (separate multiply and add); nothing else. REFERENCES.md §1."
+_count_no_fma.__doc__ = "Every matmul as m*p*(2n-1) (separate multiply and add: n multiplies, n - 1 adds per output); nothing else."
 
 
 # ----------------------------------------------------------------------------- the "xla" convention
@@ -299,7 +299,7 @@ def xla_optimizer_flops(cfg: TransformerConfig) -> tuple[Any, Any]:
 def _count_xla(cfg, batch_size, seq_len, mode, causal):
     """What XLA's HLO cost analysis counts for `models.Transformer` (mode "forward": the logits
     of ``model(tokens)``) and `models.train_step` (mode "train": forward, loss, backward and the
-    AdamW update), lowered, float32, layers unrolled. REFERENCES.md §3.
+    AdamW update), lowered, float32, layers unrolled. The rules are those of xla/service/hlo_cost_analysis.cc.
 
     Matmuls count 2*m*n*p; elementwise ops 1 per output element; reductions (n - 1) per output;
     exp, log, tanh, logistic, rsqrt, sin, cos, power, sqrt count as transcendentals, not FLOPs.

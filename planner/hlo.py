@@ -2,7 +2,7 @@
 
 `cost_of` reads ``cost_analysis()`` robustly across jax versions and stages. `parse_hlo` walks
 HLO text (lowered or compiled) and sums 2 * |output| * |contracting dims| over every ``dot``
-(REFERENCES.md §3), attributing each to the FLOP component named in its ``op_name`` metadata
+(xla/service/hlo_cost_analysis.cc, HandleDot), attributing each to the FLOP component named in its ``op_name`` metadata
 (`models.Transformer` tags its ops with ``jax.named_scope``), and notes while loops and custom
 calls, which XLA's cost analysis counts once and as -1.
 """

@@ -475,6 +475,44 @@ def load_runs_csv(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return n.copy(), d.copy(), loss.copy()
 
 
+# Data sets shipped inside the package (planner/data/, see its README.md for source and licence).
+DATASETS = {
+    # Epoch AI's extraction of Chinchilla's Figure 4: 245 (N, C, loss) points. Besiroglu et al.
+    # 2024, "Chinchilla Scaling: A replication attempt" (arXiv:2404.10102), from the repository
+    # github.com/epoch-research/analyzing-chinchilla, data/svg_extracted_data.csv.
+    "chinchilla-epoch": "chinchilla_fig4_epoch.csv",
+}
+
+
+def dataset_names() -> list[str]:
+    """The names :func:`load_dataset` accepts."""
+    return sorted(DATASETS)
+
+
+def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(N, D, loss)`` of a data set shipped with the package, read as :func:`load_runs_csv` does.
+
+    ``"chinchilla-epoch"``: Epoch AI's extraction of Chinchilla's Figure 4 (Besiroglu et al.
+    2024); D = C / (6 N) from its ``Training FLOP`` column. Epoch fit it without the 5
+    highest-loss points (``fit_scaling_law(..., exclude_highest_loss=5)``).
+
+    >>> n, d, loss = load_dataset("chinchilla-epoch")
+    >>> len(n), round(float(loss.min()), 3)
+    (245, 2.077)
+
+    Raises:
+      ValueError: an unknown name, with the known ones.
+    """
+    from importlib import resources
+
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in DATASETS:
+        raise ValueError(f"dataset {name!r}: unknown; shipped data sets: {', '.join(dataset_names())}")
+    resource = resources.files("planner") / "data" / DATASETS[key]
+    with resources.as_file(resource) as path:
+        return load_runs_csv(path)
+
+
 def _read_rows(f):
     """(line number, fields) for each non-blank CSV record."""
     reader = csv.reader(f, strict=True)

@@ -4,7 +4,7 @@
 7B preset validates on a laptop), lowers ``model(tokens)`` or the jitted training step from
 `jax.ShapeDtypeStruct` inputs in float32, reads XLA's ``cost_analysis()``, sums the dot FLOPs of
 the HLO text op by op, and reconciles both with `count_flops(..., convention="xla")`,
-explaining every known cause of difference it finds (REFERENCES.md §3).
+explaining every known cause of difference it finds (the counting rules: xla/service/hlo_cost_analysis.cc).
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ def _read_stage(lowered, stage: str, notes: list[str]) -> tuple[str, Cost, str]:
 def _scan_adjusted(cfg: TransformerConfig, batch_size: int, seq_len: int, mode: str):
     """The closed form of a scanned program as XLA counts it: one layer plus the rest.
 
-    XLA's cost analysis counts a while body once (REFERENCES.md §3). The layer terms of the
+    XLA's cost analysis counts a while body once (HandleWhile in
+    xla/service/hlo_cost_analysis.cc: the cost of a single iteration). The layer terms of the
     closed form are linear in n_layers, so one layer + the rest is the count at n_layers=1,
     with the AdamW update (outside the loop, over all stacked parameters) taken at full size.
     The loops themselves add their counters: 2 FLOPs for the forward loop, 4 for the backward

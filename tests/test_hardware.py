@@ -56,7 +56,7 @@ def test_every_shipped_spec_loads_with_a_source_for_each_number(name):
 @pytest.mark.parametrize(
     "name, field, expected",
     [
-        # REFERENCES.md §5 (dense, per chip): scaling-book tpus.md, gpus.md; llm-analysis.
+        # dense, per chip: jax-ml/scaling-book tpus.md and gpus.md; llm-analysis's GPU configs; datasheets.
         ("h100-sxm", "peak_flops.bf16", 9.89e14),
         ("h100-sxm", "hbm_bandwidth", 3.35e12),
         ("h100-sxm", "interconnect_bandwidth", 4.5e11),  # NVLink 450 GB/s per GPU

@@ -21,10 +21,11 @@ from planner.laws import (
     ScalingLaw,
     fit_scaling_law,
     get_law,
+    load_dataset,
     load_runs_csv,
 )
 
-EPOCH_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
+EPOCH_CSV = Path(__file__).resolve().parents[1] / "planner" / "data" / "chinchilla_fig4_epoch.csv"  # shipped
 GOPHER_FLOPS = 5.76e23  # Gopher's and Chinchilla's training budget (Hoffmann et al. 2022, Table 3)
 
 # Besiroglu et al. 2024, Eq. 3 and its standard errors.
@@ -229,14 +230,19 @@ def test_fit_records_the_param_convention():
 
 @pytest.fixture(scope="module")
 def epoch_fit():
-    N, D, loss = load_runs_csv(EPOCH_CSV)
+    N, D, loss = load_dataset("chinchilla-epoch")
     t0 = time.perf_counter()
     fit = fit_scaling_law(N, D, loss, delta=1e-3, exclude_highest_loss=5, bootstrap=8, seed=0)
     return fit, time.perf_counter() - t0
 
 
 def test_epoch_data_loads():
-    N, D, loss = load_runs_csv(EPOCH_CSV)
+    N, D, loss = load_dataset("chinchilla-epoch")  # the copy inside the package, by name
+    for a, b in zip((N, D, loss), load_runs_csv(EPOCH_CSV)):
+        np.testing.assert_array_equal(a, b)
+    assert load_dataset(" Chinchilla-Epoch ")[0][0] == N[0]
+    with pytest.raises(ValueError, match="shipped data sets: chinchilla-epoch"):
+        load_dataset("chinchilla")
     assert len(N) == len(D) == len(loss) == 245
     assert N.dtype == np.float64
     # D = C / (6N): the first row, 6.80e9 parameters on 9.99e18 FLOPs, saw 2.45e8 tokens

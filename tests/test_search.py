@@ -4,7 +4,6 @@ determinism, monotonicity, edge budgets, constraints, hardware budgets, inferenc
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,7 +161,6 @@ def test_fitted_law_plans():
 
 # ----------------------------------------------------------------------------- CLI
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
 
 
 
@@ -185,7 +183,7 @@ def test_cli_frontier(cli):
 
 def test_cli_fit_then_plan_with_it(cli, tmp_path):
     law_file = tmp_path / "law.json"
-    code, out, _ = cli("fit", str(DATA), "--exclude-highest", "5", "--out", str(law_file))
+    code, out, _ = cli("fit", "--dataset", "chinchilla-epoch", "--exclude-highest", "5", "--out", str(law_file))
     assert code == 0 and "alpha" in out
     fitted = json.loads(law_file.read_text())
     assert abs(fitted["alpha"] - 0.34781) < 0.015 and abs(fitted["E"] - 1.8172) < 0.026  # Epoch's, within SE

@@ -245,6 +245,8 @@ def load(path: str | os.PathLike) -> Spec:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ValueError(f"{path}: cannot read spec file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: cannot read spec file: not UTF-8 text ({e})") from None
     return from_toml(text, str(path))
 
 

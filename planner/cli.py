@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +32,89 @@ class UsageError(ValueError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, status 2, no usage dump
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def check_writable(path: str, option: str = "") -> None:
+    """Refuse an output path before any work is done: ``cannot write PATH: <reason>``.
+
+    The file may exist (it is overwritten) or not (its folder must exist and be writable).
+    """
+    where = f"{option} " if option else ""
+    if not path or not path.strip():
+        raise UsageError(f"{where}cannot write {path!r}: empty path")
+    p = os.path.abspath(path)
+    folder = os.path.dirname(p)
+    if os.path.isdir(p):
+        reason = "it is a directory; give a file name"
+    elif os.path.exists(p):
+        reason = None if os.access(p, os.W_OK) else "permission denied"
+    elif not os.path.exists(folder):
+        reason = f"no such folder {folder}"
+    elif not os.path.isdir(folder):
+        reason = f"{folder} is not a folder"
+    else:
+        reason = None if os.access(folder, os.W_OK | os.X_OK) else f"permission denied in {folder}"
+    if reason:
+        raise UsageError(f"{where}cannot write {path}: {reason}")
+
+
+def check_plot_path(path: str) -> None:
+    """A --plot path: writable, matplotlib importable, a format matplotlib writes (before any work)."""
+    check_writable(path, "--plot")
+    from planner.plots import _pyplot
+
+    plt = _pyplot()
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if ext not in formats:
+        raise UsageError(f"--plot {path}: cannot write {ext or 'a file without an extension'!r}; "
+                         f"give one of: {', '.join('.' + f for f in sorted(formats))}")
+
+
+def write_text(path: str, text: str, option: str = "") -> None:
+    """Write ``text`` to ``path``, an OSError as ``cannot write PATH: reason`` (exit 2)."""
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as err:
+        raise UsageError(f"{option + ' ' if option else ''}cannot write {path}: {err.strerror or err}") from None
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--budget -1e21`` -> ``--budget=-1e21``: argparse reads ``-1e21`` as an option, not a value
+    (it takes only ``-1``-like tokens for negative numbers), and the range check never sees it."""
+    out: list[str] = []
+    for tok in argv:
+        if out and _NEGATIVE_NUMBER.match(tok) and out[-1].startswith("--") and "=" not in out[-1] \
+                and out[-1] not in _FLAG_OPTIONS:
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
+_FLAG_OPTIONS = frozenset({"--json", "--flops", "--causal", "--scan", "--remat", "--shard", "--free-mlp-ratio",
+                           "--sources", "--grid", "--help", "--version"})
+
+
+def _finite_or_none(x):
+    """JSON has no Infinity or NaN: such a number becomes null (the text output names why)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite_or_none(v) for v in x]
+    return x
+
+
+def dumps(data) -> str:
+    """JSON for --json: standard JSON (no Infinity/NaN: those become null)."""
+    return json.dumps(_finite_or_none(data), indent=2, allow_nan=False, default=list)
 
 
 def parse_value(name: str, text: str):
@@ -319,22 +405,27 @@ def cmd_time(args: argparse.Namespace) -> int:
 
     if args.hardware is None:
         raise UsageError("give --hardware NAME (see 'planner hardware') or a spec file path")
+    if args.plot is not None:
+        check_plot_path(args.plot)
     cfg = config_from_args(args)
     import hardware
 
     spec = hardware.get(args.hardware)
+    _check_dtype(spec, args.dtype)
+    if args.batch is None:  # one sequence per chip
+        args.batch = args.chips if isinstance(args.chips, int) and args.chips > 0 else 1
+    name = _config_name(args)
     r = roofline(cfg, hardware=spec, chips=args.chips, batch_size=_batch(args), seq_len=args.seq,
                  dtype=args.dtype, param_dtype=args.param_dtype)
     m = estimate_memory(cfg, batch_size=_batch(args), seq_len=args.seq, chips=args.chips, dtype=args.dtype,
                         param_dtype=args.param_dtype, remat=args.remat, shard_state=args.shard, hardware=spec)
     seq = cfg.seq_len if args.seq is None else args.seq
-    if args.plot:
+    if args.plot is not None:
         from planner.plots import roofline_figure
 
-        roofline_figure(r, args.plot, f"{args.preset or 'custom config'} on {args.chips} x {spec.name}, "
-                                      f"batch {_batch(args)} x {seq}")
+        roofline_figure(r, args.plot, f"{name} on {args.chips} x {spec.name}, batch {_batch(args)} x {seq}")
     if args.json:
-        print(json.dumps({
+        print(dumps({
             "preset": args.preset, "config": _config_json(cfg), "hardware": spec.name, "chips": args.chips,
             "batch_size": _batch(args), "seq_len": seq, "dtype": args.dtype,
             "step_time_s": r.step_time, "compute_time_s": r.compute_time, "comm_time_s": r.comm_time,
@@ -344,9 +435,9 @@ def cmd_time(args: argparse.Namespace) -> int:
             "memory_per_chip": {k: float(getattr(m, k)) for k in
                                 ("params", "grads", "optimizer", "activations", "logits", "total")},
             "hbm_bytes": m.hbm_bytes, "fits": bool(m.fits),
-        }, indent=2))
+        }))
         return 0
-    print(f"{args.preset or 'custom config'} on {args.chips} x {spec.name}, {args.dtype}, global batch "
+    print(f"{name} on {args.chips} x {spec.name}, {args.dtype}, global batch "
           f"{_batch(args)} x {seq} tokens, data parallel\n")
     rows = [(k, f"{float(c.flops):.3g}", human(float(c.bytes), "B"), f"{c.time * 1e3:.3f}", c.bound)
             for k, c in r.components.items() if c.flops or c.bytes]
@@ -363,14 +454,40 @@ def cmd_time(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_name(args: argparse.Namespace) -> str:
+    """What the config is called in a header: the preset, and the --set overrides on it."""
+    sets = ", ".join(s.strip() for s in (args.set or []))
+    if args.preset is None:
+        return f"custom config ({sets})" if sets else "custom config"
+    return f"{args.preset} with {sets}" if sets else args.preset
+
+
+def _check_dtype(spec, dtype: str) -> None:
+    """A dtype the target has no peak for: say which it has and the flag that picks one."""
+    from hardware.spec import dtype_key
+
+    if dtype_key(dtype) not in spec.peak_flops:
+        have = ", ".join(spec.peak_flops)
+        raise UsageError(f"{spec.name} has no {dtype} peak (it lists {have}); pass --dtype "
+                         f"{next(iter(spec.peak_flops))}, or add peak_flops.{dtype_key(dtype)} to its spec file"
+                         + (" ('planner calibrate' measures fp32 and bf16)" if spec.name.startswith("calibrated")
+                            else ""))
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import hardware
 
-    spec = hardware.calibrate(seconds=args.seconds)
-    if args.out:
-        hardware.save(spec, args.out)
+    if args.out is not None:
+        check_writable(args.out, "--out")
+    # Both dtypes, so that the spec serves `time` and `plan`, which default to bf16.
+    spec = hardware.calibrate(seconds=args.seconds, dtype=("float32", "bfloat16"))
+    if args.out is not None:
+        try:
+            hardware.save(spec, args.out)
+        except OSError as err:
+            raise UsageError(f"--out cannot write {args.out}: {err.strerror or err}") from None
     if args.json:
-        print(json.dumps(dataclasses.asdict(spec), indent=2, default=list))
+        print(dumps(dataclasses.asdict(spec)))
     else:
         peaks = ", ".join(f"{k} {human(v, 'FLOP/s')}" for k, v in spec.peak_flops.items())
         print(f"{spec.name}: matmul {peaks}; memory {human(spec.hbm_bandwidth, 'B/s')}")
@@ -379,11 +496,49 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Base fields the search chooses itself: --set on them would be silently replaced.
+_SEARCHED = {"d_model": "--d-model D fixes the width", "n_layers": "--n-layers L fixes the depth",
+             "n_heads": "the plan sets n_heads = d_model / head_dim",
+             "head_dim": "the plan picks head_dim 64 or 128"}
+
+
+def _plan_base(args: argparse.Namespace):
+    """The base of a plan: --base (default the Llama-style DEFAULT_BASE) with --set applied."""
+    if not args.set:
+        return args.base
+    overrides = parse_overrides(args.set)
+    for name in overrides:
+        if name in _SEARCHED:
+            raise UsageError(f"--set {name}: the plan searches it ({_SEARCHED[name]}); --set fixes what is not "
+                             "searched: vocab_size, seq_len, n_kv_heads (the KV grouping n_heads / n_kv_heads), "
+                             "d_ff (the MLP ratio d_ff / d_model), mlp, norm, position, ...")
+    if args.base is not None:
+        return presets.get(args.base, **overrides)
+    from planner.search import DEFAULT_BASE
+
+    try:
+        return dataclasses.replace(DEFAULT_BASE, **overrides)
+    except TypeError as err:
+        raise UsageError(f"--set: {err}") from None
+
+
+def _hardware_only_options(args: argparse.Namespace) -> list[str]:
+    """Options that only a hardware budget uses, given without one (--chips/--days without
+    --hardware are the library's to refuse: it asks for all three)."""
+    given = [("--max-memory", args.max_memory), ("--mfu", args.mfu), ("--dtype", args.dtype)]
+    return [flag for flag, v in given if v is not None]
+
+
 def _plan_kwargs(args: argparse.Namespace) -> dict:
-    kw = dict(law=args.law, base=args.base, convention=args.convention, hardware=args.hardware, chips=args.chips,
-              days=args.days, mfu=args.mfu, dtype=args.dtype, batch_tokens=args.batch_tokens,
-              free_mlp_ratio=args.free_mlp_ratio, n_layers=args.n_layers, d_model=args.d_model,
-              max_memory_per_chip=args.max_memory)
+    if args.law_file and args.law is not None:
+        raise UsageError(f"--law {args.law} and --law-file {args.law_file}: give one law, not both")
+    if args.hardware is None and (unused := _hardware_only_options(args)):
+        raise UsageError(f"{', '.join(unused)}: only a hardware budget (--hardware NAME --chips N --days D) "
+                         "uses {}; a FLOP budget has no chip".format("it" if len(unused) == 1 else "them"))
+    kw = dict(law=args.law or "chinchilla", base=_plan_base(args), convention=args.convention,
+              hardware=args.hardware, chips=args.chips, days=args.days, mfu=args.mfu, dtype=args.dtype or "bf16",
+              batch_tokens=args.batch_tokens, free_mlp_ratio=args.free_mlp_ratio, n_layers=args.n_layers,
+              d_model=args.d_model, max_memory_per_chip=args.max_memory)
     if args.aspect is not None:
         lo, sep, hi = args.aspect.partition(":")
         try:
@@ -394,26 +549,48 @@ def _plan_kwargs(args: argparse.Namespace) -> dict:
         from planner.laws import ScalingLaw
 
         try:
-            data = json.loads(open(args.law_file).read())
+            with open(args.law_file, encoding="utf-8") as f:
+                data = json.loads(f.read())
             kw["law"] = ScalingLaw(**{k: data[k] for k in ("E", "A", "B", "alpha", "beta")},
                                    params=data.get("params", "total"))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
             raise UsageError(f"--law-file {args.law_file!r}: cannot read a fitted law ({err}); "
                              "write one with 'planner fit runs.csv --out law.json'") from None
     return kw
 
 
-def _plan_json(p) -> dict:
+_MEMORY_ASSUMES = ("parameters, gradients and AdamW state sharded over the chips (FSDP), fp32 parameters, "
+                   "activations of one micro-batch, no rematerialisation")
+
+
+def _plan_hardware(p, args) -> dict | None:
+    """What a hardware plan's step time and memory depend on (None for a FLOP budget)."""
+    if p.step_time is None:
+        return None
+    import hardware
+
+    per_chip = p.batch_size // args.chips
+    return {"target": hardware.get(args.hardware).name, "chips": args.chips, "dtype": args.dtype or "bf16",
+            "mfu_given": args.mfu, "step_time_from": "the given MFU" if args.mfu is not None else "the roofline",
+            "max_memory_per_chip": args.max_memory if args.max_memory is not None
+            else hardware.get(args.hardware).hbm_bytes,
+            "sequences_per_chip": per_chip, "micro_batch": p.micro_batch,
+            "accumulation_steps": per_chip // p.micro_batch if p.micro_batch else None,
+            "memory_assumes": _MEMORY_ASSUMES}
+
+
+def _plan_json(p, args=None) -> dict:
     return {
         "config": _config_json(p.config), "params": p.params, "tokens": p.tokens, "flops": _num(p.flops),
         "loss": p.loss, "budget": p.budget, "budget_used": p.budget_used, "steps": p.steps,
         "batch_size": p.batch_size, "continuous": p.continuous, "convention": p.convention,
         "law": dataclasses.asdict(p.law), "step_time_s": p.step_time, "mfu": p.mfu, "days": p.days,
-        "memory_per_chip": p.memory_per_chip,
+        "memory_per_chip": p.memory_per_chip, "micro_batch": p.micro_batch,
+        "hardware": _plan_hardware(p, args) if args is not None else None, "notes": list(p.notes),
     }
 
 
-def _plan_text(p) -> str:
+def _plan_text(p, args=None) -> str:
     c = p.config
     unit = "s of machine time" if p.step_time is not None else "FLOPs"
     lines = [
@@ -430,9 +607,16 @@ def _plan_text(p) -> str:
         f"{human(p.continuous['params'])} params, {human(p.continuous['tokens'])} tokens, "
         f"loss {p.continuous['loss']:.4f}",
     ]
+    hw = _plan_hardware(p, args) if args is not None else None
     if p.step_time is not None:
         lines.insert(4, f"hardware    step {p.step_time * 1e3:.1f} ms, MFU {100 * p.mfu:.1f}%, {p.days:.2f} days, "
                         f"memory/chip {human(p.memory_per_chip, 'B')}")
+    if hw is not None:
+        lines.insert(5, f"            {hw['chips']} x {hw['target']}, {hw['dtype']}, step time from "
+                        f"{hw['step_time_from']}; {hw['sequences_per_chip']} sequences/chip in micro-batches of "
+                        f"{hw['micro_batch']} ({hw['accumulation_steps']} accumulation steps); memory: "
+                        f"{_MEMORY_ASSUMES}, limit {human(hw['max_memory_per_chip'], 'B')}")
+    lines += [f"note: {n}" for n in p.notes]
     return "\n".join(lines)
 
 
@@ -443,9 +627,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise UsageError("give --budget FLOPS (e.g. 1e21), or --hardware NAME --chips N --days D")
     if args.budget is not None and args.hardware is not None:
         raise UsageError("give either --budget or a hardware budget (--hardware/--chips/--days), not both")
+    if args.plot is not None:
+        check_plot_path(args.plot)
     p = plan(args.budget, **_plan_kwargs(args))
-    print(json.dumps(_plan_json(p), indent=2) if args.json else _plan_text(p))
-    if args.plot:
+    print(dumps(_plan_json(p, args)) if args.json else _plan_text(p, args))
+    if args.plot is not None:
         from planner.plots import isoflop_figure, roofline_figure
 
         if p.step_time is not None:
@@ -454,7 +640,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             import hardware
 
             step = roofline(p.config, hardware=hardware.get(args.hardware), chips=args.chips,
-                            batch_size=p.batch_size, seq_len=p.config.seq_len, dtype=args.dtype)
+                            batch_size=p.batch_size, seq_len=p.config.seq_len, dtype=args.dtype or "bf16")
             roofline_figure(step, args.plot, f"plan on {args.chips} x {step.hardware}")
         else:
             isoflop_figure(p, args.plot)
@@ -474,12 +660,14 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     if not 2 <= args.points <= 1000:
         raise UsageError(f"--points {args.points}: need 2 to 1000 budgets")
     budgets = np.geomspace(lo, hi, args.points).tolist()
-    kw = _plan_kwargs(args)
-    if kw.get("hardware") is not None:
+    if args.hardware is not None:
         raise UsageError("frontier sweeps FLOP budgets; drop --hardware (or use 'planner plan' for one machine budget)")
+    kw = _plan_kwargs(args)
+    if args.plot is not None:
+        check_plot_path(args.plot)
     plans = frontier(budgets, **kw)
     if args.json:
-        print(json.dumps([_plan_json(p) for p in plans], indent=2))
+        print(dumps([_plan_json(p, args) for p in plans]))
     else:
         law = plans[0].law
         rows = []
@@ -489,7 +677,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
                          p.config.d_model, p.config.n_layers, f"{p.loss:.4f}", human(float(n6)), human(float(d6))))
         print(table(("budget", "params", "tokens", "tok/param", "d_model", "layers", "loss", "N (6ND law)",
                      "D (6ND law)"), rows, "lrrrrrrrr"))
-    if args.plot:
+    if args.plot is not None:
         from planner.plots import frontier_figure
 
         frontier_figure(plans, args.plot)
@@ -503,17 +691,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if (args.csv is None) == (args.dataset is None):
         raise UsageError("give a CSV file or --dataset NAME (one of: " + ", ".join(dataset_names()) + "), not "
                          + ("both" if args.csv is not None else "neither"))
+    if args.out is not None:
+        check_writable(args.out, "--out")
     n, d, loss = load_runs_csv(args.csv) if args.csv is not None else load_dataset(args.dataset)
     r = fit_scaling_law(n, d, loss, delta=args.delta, bootstrap=args.bootstrap,
                         exclude_highest_loss=args.exclude_highest, params=args.params)
     law = r.law
     out = {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta, "params": law.params,
            "n_points": r.n_points, "objective": float(r.objective), "stderr": r.stderr, "intervals": r.intervals}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=2)
+    if args.out is not None:
+        write_text(args.out, dumps(out) + "\n", "--out")
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(dumps(out))
         return 0
     rows = [(k, f"{getattr(law, k):.6g}", f"{r.stderr[k]:.3g}" if r.stderr else "-")
             for k in ("E", "A", "B", "alpha", "beta")]
@@ -523,13 +712,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 rows))
     n_opt, d_opt = law.optimal_allocation(1e21)
     print(f"\nat C = 1e21: N_opt {human(float(n_opt))}, D_opt {human(float(d_opt))} (C = 6ND)")
-    if args.out:
+    if args.out is not None:
         print(f"written to {args.out}; plan with it: planner plan --budget 1e21 --law-file {args.out}")
     return 0
 
 
 def _add_plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--law", default="chinchilla", help="chinchilla (default), chinchilla-rounded, epoch")
+    p.add_argument("--law", help="chinchilla (default), chinchilla-rounded, epoch")
     p.add_argument("--law-file", dest="law_file", metavar="FILE", help="a law fitted by 'planner fit --out'")
     p.add_argument("--base", metavar="PRESET", help="preset fixing vocab, seq, MLP/norm/position, tying "
                                                     "(default: Llama-style, 32k vocab, 2048 tokens)")
@@ -538,14 +727,17 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chips", type=int, help="hardware budget: chips")
     p.add_argument("--days", type=float, help="hardware budget: days")
     p.add_argument("--mfu", type=float, help="hardware budget: expected MFU (default: roofline's prediction)")
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32", "fp8"), help="hardware budget: dtype")
+    p.add_argument("--dtype", choices=("bf16", "fp32", "fp8"), help="hardware budget: dtype (default bf16)")
     p.add_argument("--batch-tokens", dest="batch_tokens", type=float,
                    help="tokens per step (default DeepSeek's B_opt = 0.292 C^0.3271)")
     p.add_argument("--free-mlp-ratio", dest="free_mlp_ratio", action="store_true", help="search d_ff/d_model too")
     p.add_argument("--aspect", metavar="MIN:MAX", help="allowed d_model / n_layers range")
     p.add_argument("--n-layers", dest="n_layers", type=int, help="fix the depth")
     p.add_argument("--d-model", dest="d_model", type=int, help="fix the width")
-    p.add_argument("--max-memory", dest="max_memory", type=float, help="bytes per chip (hardware: default HBM)")
+    p.add_argument("--max-memory", dest="max_memory", type=float,
+                   help="hardware budget: bytes per chip (default the chip's HBM)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a field of the base (repeatable): vocab_size, seq_len, n_kv_heads, d_ff, mlp, ...")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -642,7 +834,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser().parse_args(_join_negative_values(argv))
         return args.func(args)
     except ValueError as err:  # UsageError included
         # one line, whatever the input held (a value with a newline is shown escaped)

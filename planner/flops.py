@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from models.config import TransformerConfig, check_size
-from planner.params import count_params, promote
+from planner.params import count_params, promote, require_config
 
 MODES = ("forward", "backward", "train")
 
@@ -484,6 +484,7 @@ def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str
             f"causal=True applies to the conventions {', '.join(COMPONENT_CONVENTIONS)}; "
             f"the published formula {convention!r} is reproduced as printed"
         )
+    require_config(cfg)
     seq_len = cfg.seq_len if seq_len is None else seq_len
     check_size("batch_size", batch_size)
     check_size("seq_len", seq_len)

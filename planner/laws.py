@@ -264,6 +264,12 @@ def _fit_batch(starts, weights, log_n, log_d, log_l, delta, *, max_iter):
     return jax.vmap(one)(starts, weights)
 
 
+#: The largest value a run may give (a fit on 1e300 would "succeed" with nonsense): 10^18
+#: parameters and 10^20 tokens are ~10^6 times 2025's largest runs; a loss of 100 nats per token
+#: is far above ln(vocab) for any vocabulary (a uniform guess over 256k tokens is 12.5).
+POINT_MAX = {"N": 1e18, "D": 1e20, "loss": 100.0}
+
+
 def _as_points(name: str, values) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
@@ -275,7 +281,46 @@ def _as_points(name: str, values) -> np.ndarray:
     if bad.size:
         i = int(bad[0])
         raise ValueError(f"{name}[{i}] = {float(arr[i])!r} must be positive and finite")
+    big = np.flatnonzero(arr > POINT_MAX[name])
+    if big.size:
+        i = int(big[0])
+        raise ValueError(f"{name}[{i}] = {float(arr[i])!r} is above {POINT_MAX[name]:g}, outside any real run; "
+                         "check the units (parameters, tokens, loss in nats per token)")
     return arr
+
+
+#: Below this spread (standard deviation of the natural log) the runs do not vary a quantity
+#: enough to fit its exponent: 0.1 is about a 10% spread.
+MIN_LOG_SPREAD = 0.1
+
+
+def check_identifiable(N, D) -> None:
+    """Refuse runs that cannot identify L = E + A/N^alpha + B/D^beta: one model size, one token
+    count, or D tied to N (a fixed tokens-per-parameter ratio, or any D = c N^k): then A/N^alpha
+    and B/D^beta move together and no fit can tell them apart. What does identify it: several
+    model sizes, each trained on several token counts (an isoFLOP sweep, as Hoffmann et al.
+    2022's Figure 4), so that log D varies at fixed log N.
+
+    Raises:
+      ValueError: saying which of these the runs are, and what data would identify the law.
+    """
+    x, y = np.log(np.asarray(N, np.float64)), np.log(np.asarray(D, np.float64))
+    need = ("the law needs several model sizes, each trained on several token counts (an isoFLOP sweep, as "
+            "Chinchilla's Figure 4)")
+    if x.std() < MIN_LOG_SPREAD:
+        raise ValueError(f"the runs cannot identify the law: every run has about the same size "
+                         f"(N {np.exp(x.min()):.3g} to {np.exp(x.max()):.3g}), so A and alpha are unknown; {need}")
+    if y.std() < MIN_LOG_SPREAD:
+        raise ValueError(f"the runs cannot identify the law: every run saw about the same tokens "
+                         f"(D {np.exp(y.min()):.3g} to {np.exp(y.max()):.3g}), so B and beta are unknown; {need}")
+    slope, icpt = np.polyfit(x, y, 1)
+    spread = float((y - (slope * x + icpt)).std())
+    if spread < MIN_LOG_SPREAD:
+        ratio = np.exp(y - x)
+        what = (f"a fixed tokens-per-parameter ratio (D/N {ratio.min():.3g} to {ratio.max():.3g})"
+                if abs(slope - 1) < 0.05 else f"D tied to N (D ~ N^{slope:.2f})")
+        raise ValueError(f"the runs cannot identify the law: they lie on one line, {what}, so the N and D terms "
+                         f"cannot be told apart (log D varies by {spread:.3f} at fixed N); {need}")
 
 
 def _starts(starts) -> np.ndarray:
@@ -360,6 +405,7 @@ def fit_scaling_law(N, D, loss, *, delta: float = 1e-3, starts=None, bootstrap: 
                  if exclude_highest_loss else "")
         raise ValueError(f"need at least {MIN_POINTS} points to fit five constants, "
                          f"got {len(l_arr)}{extra}")
+    check_identifiable(n_arr, d_arr)
     start_grid = _starts(starts)
 
     with jax.enable_x64(True):
@@ -371,7 +417,12 @@ def fit_scaling_law(N, D, loss, *, delta: float = 1e-3, starts=None, bootstrap: 
         if not np.isfinite(values[best]):
             raise ValueError("no starting point reached a finite objective; check the data")
         theta = np.asarray(thetas[best])
-        law = ScalingLaw(**_law_from(theta), params=params)
+        try:
+            law = ScalingLaw(**_law_from(theta), params=params)
+        except ValueError as err:
+            raise ValueError(f"the runs do not identify the law: the best fit is not a valid law ({err}); "
+                             "the data need several model sizes, each trained on several token counts (an "
+                             "isoFLOP sweep, as Chinchilla's Figure 4)") from None
 
         stderr = intervals = None
         if bootstrap:
@@ -472,6 +523,12 @@ def load_runs_csv(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             out[r - 1, j] = value
     n, d_or_c, loss = out.T
     d = d_or_c if i_d is not None else d_or_c / (6.0 * n)
+    for name, arr, i in (("N", n, i_n), ("D", d, i_d if i_d is not None else i_c), ("loss", loss, i_l)):
+        big = np.flatnonzero(arr > POINT_MAX[name])
+        if big.size:
+            r = int(big[0])
+            raise ValueError(f"{path}: row {r + 1} (line {data[r][0]}), column {header[i]!r}: {name} = "
+                             f"{arr[r]:.4g} is above {POINT_MAX[name]:g}, outside any real run; check the units")
     return n.copy(), d.copy(), loss.copy()
 
 

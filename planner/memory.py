@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from models.config import TransformerConfig, check_size
-from planner.params import count_params, promote
+from planner.params import count_params, promote, require_config
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
@@ -83,6 +83,7 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
     softmax's exponentials (measured against XLA's ``memory_analysis()`` on CPU). The training
     step donates its parameters and optimizer state, so the updated ones reuse their buffers.
     """
+    require_config(cfg)
     seq_len = cfg.seq_len if seq_len is None else seq_len
     for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("chips", chips)):
         check_size(name, v)
@@ -115,6 +116,9 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
 
 def kv_cache_bytes(cfg: TransformerConfig, *, batch_size=1, seq_len=None, dtype: str = "bf16"):
     """Inference KV cache: keys and values of every layer, 2 L K hd per token (GQA-aware)."""
+    require_config(cfg)
     seq_len = cfg.seq_len if seq_len is None else seq_len
+    for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
+        check_size(name, v)
     return (2 * cfg.n_layers * cfg.resolved_n_kv_heads * cfg.resolved_head_dim * batch_size * seq_len
             * _dtype_bytes("dtype", dtype))

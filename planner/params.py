@@ -38,12 +38,23 @@ class ParamCount(NamedTuple):
     components: dict[str, Any]
 
 
+def require_config(cfg) -> None:
+    """A ValueError, with the fix, for anything that is not a `TransformerConfig` (a preset name,
+    a dict, a Hugging Face config)."""
+    if isinstance(cfg, TransformerConfig):
+        return
+    hint = (f"for the preset, pass models.presets.get({cfg!r})" if isinstance(cfg, str)
+            else "build one with models.TransformerConfig(...) or models.presets.get(NAME)")
+    raise ValueError(f"cfg={cfg!r}: expected a models.TransformerConfig; {hint}")
+
+
 def promote(cfg: TransformerConfig, *extra):
     """For a relaxed config, every size (and each of ``extra``) as an array of the relaxed dtype.
 
     Python ints mixed into array arithmetic would be parsed as int32 and overflow (a product of
     sizes easily passes 2^31); as floats they cannot. Exact configs are returned unchanged.
     """
+    require_config(cfg)
     values = [getattr(cfg, n) for n in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS] + list(extra)
     relaxed = [v for v in values if v is not None and is_relaxed(v)]
     if not relaxed:

@@ -70,6 +70,9 @@ class Plan(NamedTuple):
       micro_batch: sequences per chip per forward/backward pass (gradient accumulation), chosen
         as the largest divisor of the per-chip batch whose memory fits; hardware budgets only.
       convention, law: what was counted and predicted with.
+      notes: warnings about the result: a bound the optimum sits at, an unusual shape (an odd
+        head count, a KV grouping other than the base's), memory within 3% of the limit, a
+        predicted loss above ln(vocab) (worse than a uniform guess). Empty when none applies.
     """
 
     config: TransformerConfig
@@ -90,6 +93,7 @@ class Plan(NamedTuple):
     convention: str
     law: ScalingLaw
     budget: float
+    notes: tuple[str, ...] = ()
 
 
 def inference_aware(law: ScalingLaw, target_loss: float, inference_tokens: float, *,
@@ -253,6 +257,21 @@ def _starts(s: _Setup) -> jnp.ndarray:
     return jnp.asarray(pts, jnp.float32)
 
 
+def _kv_heads(s: _Setup, heads: int) -> int | None:
+    """KV heads for ``heads`` query heads, keeping the base's grouping valid: heads / group when
+    the group divides the heads; else (a shape with few heads) the divisor of ``heads`` nearest
+    to heads / group, so that every preset works as a base. None for multi-head attention; 1
+    for a multi-query base (Gemma 2B, PaLM)."""
+    if s.kv_group == 1:
+        return None
+    if s.base.resolved_n_kv_heads == 1:
+        return 1
+    if heads % s.kv_group == 0:
+        return heads // s.kv_group
+    target = heads / s.kv_group
+    return min(_divisors(heads), key=lambda k: (abs(math.log(k / target)), k))
+
+
 def _candidates(s: _Setup, d_cont: float, l_cont: float, ratio: float, *, multiple: int, head_dims,
                 ff_multiple: int) -> list[TransformerConfig]:
     """Hardware-friendly shapes around a continuous optimum."""
@@ -261,27 +280,29 @@ def _candidates(s: _Setup, d_cont: float, l_cont: float, ratio: float, *, multip
     else:
         k = d_cont / multiple
         ds = sorted({max(1, m) * multiple for m in (math.floor(k) - 1, math.floor(k), math.ceil(k), math.ceil(k) + 1)})
+        ds = [d for d in ds if D_MODEL_RANGE[0] <= d <= D_MODEL_RANGE[1]] or ds  # the search's bounds
     if s.fixed_layers is not None:
         ls = [s.fixed_layers]
     else:
         ls = sorted({max(1, n) for n in (math.floor(l_cont) - 1, math.floor(l_cont), math.ceil(l_cont),
                                           math.ceil(l_cont) + 1)})
+        ls = [n for n in ls if n <= LAYER_RANGE[1]]
     out = []
     for d in ds:
         for hd in head_dims:
             if d % hd:
                 continue
             heads = d // hd
-            if heads % s.kv_group:
-                continue
             ff = max(ff_multiple, ff_multiple * round(ratio * d / ff_multiple))
             for n_layers in ls:
                 if s.aspect is not None and not (s.aspect[0] <= d / n_layers <= s.aspect[1]):
                     continue
                 out.append(dataclasses.replace(
                     s.base, d_model=d, n_layers=n_layers, n_heads=heads, head_dim=hd, d_ff=ff,
-                    n_kv_heads=None if s.kv_group == 1 else heads // s.kv_group))
-    return out
+                    n_kv_heads=_kv_heads(s, heads)))
+    # The base's KV grouping wherever a candidate allows it; other groupings only if none does.
+    exact = [c for c in out if c.n_heads // c.resolved_n_kv_heads == s.kv_group or s.base.resolved_n_kv_heads == 1]
+    return exact or out
 
 
 def _divisors(n: int) -> list[int]:
@@ -321,6 +342,42 @@ def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, ma
     out.update(steps=steps, tokens=tokens, flops=steps * step_flops,
                loss=float(s.law.loss(float(n), float(tokens))), cfg=cfg)
     return out
+
+
+#: Memory within this fraction of the limit gets a note: allocators hold back a few percent of
+#: HBM (the XLA GPU client preallocates 75% by default and fragments), so "fits" is marginal.
+MEMORY_MARGIN = 0.03
+
+
+def _notes(s: _Setup, best: dict, cont: dict, max_memory) -> tuple[str, ...]:
+    """Warnings about a rounded plan: bounds it sits at, unusual shapes, marginal memory, a
+    predicted loss no model should have. See `Plan.notes`."""
+    cfg, notes = best["cfg"], []
+    if s.fixed_d_model is None:
+        if cont["d_model"] >= D_MODEL_RANGE[1] * 0.999:
+            notes.append(f"d_model sits at the search's upper bound {D_MODEL_RANGE[1]}: the budget is past the "
+                         "range the planner covers, so this is not the law's optimum")
+        elif cont["d_model"] <= D_MODEL_RANGE[0] * 1.001:
+            notes.append(f"d_model sits at the search's lower bound {D_MODEL_RANGE[0]}: the budget is too small "
+                         "for this base to choose its width")
+    if s.fixed_layers is None and cont["n_layers"] >= LAYER_RANGE[1] * 0.999:
+        notes.append(f"n_layers sits at the search's upper bound {LAYER_RANGE[1]}")
+    h, kv = cfg.n_heads, cfg.resolved_n_kv_heads
+    if h % 2:
+        notes.append(f"n_heads={h} is odd: tensor parallelism can split the heads only over "
+                     f"{' or '.join(map(str, _divisors(h)))} chips; fix d_model (--d-model) for a multiple of 8")
+    if s.kv_group > 1 and kv > 1 and h // kv != s.kv_group:
+        notes.append(f"{kv} KV heads for {h} heads (groups of {h // kv}): the base's groups of {s.kv_group} "
+                     f"do not divide {h} heads")
+    if best["memory"] is not None and max_memory is not None and best["memory"] > (1 - MEMORY_MARGIN) * max_memory:
+        notes.append(f"memory per chip {best['memory'] / 1e9:.2f} GB is within {100 * MEMORY_MARGIN:g}% of the "
+                     f"limit {max_memory / 1e9:.2f} GB: allocator reserve and fragmentation may push it over; "
+                     "lower max_memory_per_chip (--max-memory) to keep headroom")
+    uniform = math.log(cfg.vocab_size)
+    if best["loss"] > uniform:
+        notes.append(f"predicted loss {best['loss']:.3f} is above ln(vocab_size) = {uniform:.3f}, the loss of a "
+                     "uniform guess: the law is extrapolated far outside its data (raise the budget or the MFU)")
+    return tuple(notes)
 
 
 def _inference(s: _Setup, best: dict, inference_tokens) -> dict | None:
@@ -390,6 +447,12 @@ def _setup(*, law, base, convention, hardware, chips, days, mfu, dtype, head_dim
         if mfu is not None and not (_number("mfu", mfu, 0, 1) > 0):
             raise ValueError(f"mfu={mfu!r}: must be in (0, 1]")
         spec.peak(dtype)  # a dtype the chip lacks fails here, naming it
+        for name, v in ((f"peak_flops.{dtype}", spec.peak(dtype)), ("hbm_bandwidth", spec.hbm_bandwidth),
+                        ("interconnect_bandwidth", spec.interconnect_bandwidth),
+                        ("inter_node_bandwidth", spec.inter_node_bandwidth)):
+            if not 1.0 <= v <= HARDWARE_RATE_RANGE:  # float32 relaxation: 1e300 would be inf, then NaN
+                raise ValueError(f"hardware {spec.name}: {name}={v:g} is outside [1, {HARDWARE_RATE_RANGE:g}], "
+                                 "the range the search handles; check the spec file's number")
         seconds = float(days) * 86400.0
     elif mfu is not None:
         raise ValueError("mfu= applies to a hardware budget (hardware=, chips=, days=)")
@@ -397,6 +460,9 @@ def _setup(*, law, base, convention, hardware, chips, days, mfu, dtype, head_dim
                n_layers, d_model, spec, chips or 1, dtype, None if mfu is None else float(mfu))
     return s, seconds
 
+
+#: The largest rate (FLOP/s, B/s) a hardware spec may give the search: 1e6 times a 2025 chip's.
+HARDWARE_RATE_RANGE = 1e22
 
 #: The largest budget the search takes (its float32 relaxation; 1e35 FLOP is 1e7 times 2025's
 #: largest training runs).
@@ -458,6 +524,9 @@ def plan(budget_flops: float | None = None, *, law="chinchilla", base=None, conv
       ValueError: invalid arguments; a budget below the smallest allowed shape's one step (the
         message names that minimum); constraints no shape satisfies (naming the constraint).
     """
+    if budget_flops is not None and (hardware is not None or chips is not None or days is not None):
+        raise ValueError(f"budget_flops={budget_flops!r} and a hardware budget (hardware={hardware!r}, chips={chips!r}, "
+                         f"days={days!r}): give one budget, not both")
     return frontier([budget_flops], law=law, base=base, convention=convention, hardware=hardware, chips=chips,
                     days=days, mfu=mfu, dtype=dtype, batch_tokens=batch_tokens, head_dims=head_dims,
                     head_dim=head_dim, d_model_multiple=d_model_multiple, d_ff_multiple=d_ff_multiple,
@@ -488,6 +557,9 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
     if any(d_model_multiple % h and h % d_model_multiple for h in head_dims):
         raise ValueError(f"head_dims={head_dims} and d_model_multiple={d_model_multiple}: every head_dim must "
                          "divide d_model_multiple (or be a multiple of it)")
+    if max_memory_per_chip is not None and s.hw is None:
+        raise ValueError(f"max_memory_per_chip={max_memory_per_chip!r}: applies to a hardware budget "
+                         "(hardware=, chips=, days=); a FLOP budget plans no chip")
     if max_memory_per_chip is None and s.hw is not None:
         max_memory_per_chip = s.hw.hbm_bytes
     if max_memory_per_chip is not None:
@@ -501,6 +573,9 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
     learning_rate = _number("learning_rate", learning_rate, 1e-6, 10)
 
     if s.hw is not None:
+        if isinstance(budgets, str) or not hasattr(budgets, "__iter__") or any(b is not None for b in budgets):
+            raise ValueError(f"budgets={budgets!r}: a hardware budget (hardware=, chips=, days=) replaces the FLOP "
+                             "budgets; pass [None]")
         budget_list = [seconds]
         nominal = s.hw.peak(dtype) * s.chips * seconds * (s.mfu or 0.4)  # only to size the default batch
         batches = [_batch_size(nominal, s.base.seq_len, batch_tokens, s.chips)]
@@ -524,6 +599,10 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
     fn = _search_fn(s, steps, learning_rate)
     xs, _ = fn(jnp.log(jnp.asarray(budget_list, jnp.float32)), jnp.asarray(batches, jnp.float32), _starts(s))
     xs = np.asarray(xs, np.float64)
+    if not np.all(np.isfinite(xs)):
+        what = ("the hardware's numbers (peak, bandwidths) " if s.hw is not None else "")
+        raise ValueError(f"the search found no finite optimum: {what}or the budget overflow the float32 "
+                         "relaxation; give values in the range of real chips and runs")
 
     plans = []
     for budget, batch, x in zip(budget_list, batches, xs):
@@ -564,5 +643,6 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
                         "tokens": float(d_tok), "loss": float(loss_c)},
             step_time=step_time, mfu=mfu_out, days=days_out, memory_per_chip=memory,
             micro_batch=best["micro_batch"], inference=_inference(s, best, inference_tokens), convention=s.convention, law=s.law, budget=budget,
+            notes=_notes(s, best, {"d_model": d_c, "n_layers": l_c}, max_memory_per_chip),
         ))
     return plans

@@ -3,6 +3,7 @@ flags, values and files (negative, zero, NaN, inf, huge, wrong types, unknown na
 TOML and CSV). The CLI must answer one line `error: ...` with exit status 2 (or succeed); the
 library must raise ValueError. Never a traceback, a hang or another exception type."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -211,3 +212,139 @@ def test_micro_batch_search_is_fast_for_huge_batches():
 
     assert _divisors(12) == [1, 2, 3, 4, 6, 12] and _divisors(1) == [1] and _divisors(49) == [1, 7, 49]
     assert len(_divisors(488_281_250_000)) == 80  # 2^4 x 5^15: found by trial division to sqrt
+
+
+# ------------------------------------------------- first contact: each case a new user hit (issue 10)
+def _one_error_line(code, out, err, needle):
+    assert code == 2, (code, err)
+    assert not out, out  # refused before any work: nothing was printed
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["plan", "--budget", "1e20", "--plot", "/nonexistent/x.png"], "cannot write /nonexistent/x.png: no such folder"),
+    (["frontier", "--points", "2", "--plot", "/nonexistent/x.png"], "cannot write /nonexistent/x.png"),
+    (["time", "--preset", "tiny-gpt", "--hardware", "h100", "--plot", "/nonexistent/x.png"],
+     "cannot write /nonexistent/x.png"),
+    (["plan", "--budget", "1e20", "--plot", "DIR"], "it is a directory"),
+    (["fit", "--dataset", "chinchilla-epoch", "--out", "/nonexistent/law.json"], "cannot write /nonexistent/law.json"),
+    (["fit", "--dataset", "chinchilla-epoch", "--out", "DIR"], "it is a directory"),
+    (["calibrate", "--out", "/nonexistent/me.toml"], "cannot write /nonexistent/me.toml: no such folder"),
+    (["calibrate", "--out", ""], "empty path"),
+])
+def test_output_paths_are_checked_before_any_work(cli, tmp_path, argv, needle):
+    argv = [str(tmp_path) if a == "DIR" else a for a in argv]
+    _one_error_line(*cli(*argv), needle.replace("DIR", str(tmp_path)))
+
+
+def test_plot_format_is_checked_before_any_work(cli, tmp_path):
+    code, out, err = cli("plan", "--budget", "1e20", "--plot", str(tmp_path / "plan.xyz"))
+    try:
+        import matplotlib  # noqa: F401
+
+        _one_error_line(code, out, err, "cannot write 'xyz'")
+    except ImportError:  # the plot extra is not installed: that is said first
+        _one_error_line(code, out, err, "pip install 'scaling-planner[plot]'")
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    # options a FLOP budget would have silently ignored
+    (["plan", "--budget", "1e20", "--max-memory", "1e9"], "--max-memory: only a hardware budget"),
+    (["plan", "--budget", "1e20", "--dtype", "fp32"], "--dtype: only a hardware budget"),
+    (["plan", "--budget", "1e20", "--mfu", "0.5", "--max-memory", "1e9"], "--max-memory, --mfu"),
+    (["frontier", "--points", "2", "--max-memory", "1e9"], "--max-memory: only a hardware budget"),
+    (["plan", "--budget", "1e20", "--law", "epoch", "--law-file", "law.json"], "give one law, not both"),
+    (["fit", "--dataset", "chinchilla-epoch", "runs.csv"], "not both"),
+    (["fit"], "give a CSV file or --dataset NAME (one of: chinchilla-epoch), not neither"),
+    (["fit", "--dataset", "chinchilla"], "shipped data sets: chinchilla-epoch"),
+    # --set on the base: fields the search chooses are refused, not replaced silently
+    (["plan", "--budget", "1e20", "--set", "d_model=4096"], "--set d_model: the plan searches it (--d-model D"),
+    (["plan", "--budget", "1e20", "--set", "head_dim=256"], "the plan picks head_dim 64 or 128"),
+    (["plan", "--budget", "1e20", "--set", "n_kv_heads=5"], "n_kv_heads=5"),
+    # a negative number is a value, not a flag
+    (["plan", "--budget", "-1e21"], "budget_flops=-1e+21: must be a positive finite number"),
+    (["frontier", "--from", "-1e18"], "--from -1e+18 --to 1e+25: need 0 < from < to"),
+    (["plan", "--budget", "-inf"], "budget_flops=-inf"),
+])
+def test_conflicting_or_ignored_options_are_refused(cli, argv, needle):
+    _one_error_line(*cli(*argv), needle)
+
+
+def test_undecodable_files_are_named(cli, tmp_path):
+    bad = tmp_path / "latin1.bin"
+    bad.write_bytes(b"N,D,loss\n\xff\xfe\x00\n")
+    for argv in (["fit", str(bad)], ["time", "--preset", "tiny-gpt", "--hardware", str(bad)],
+                 ["plan", "--budget", "1e20", "--law-file", str(bad)],
+                 ["plan", "--hardware", str(bad), "--chips", "1", "--days", "1"]):
+        code, out, err = cli(*argv)
+        _one_error_line(code, out, err, str(bad))
+        assert "utf-8" in err.lower(), err
+
+
+def _csv(tmp_path, rows, header="params,tokens,loss"):
+    path = tmp_path / "runs.csv"
+    path.write_text("\n".join([header, *(",".join(f"{v:.6g}" for v in r) for r in rows)]) + "\n")
+    return str(path)
+
+
+def test_fit_on_unidentifiable_runs_says_so_and_what_would_identify_it(cli, tmp_path):
+    law = planner.get_law("chinchilla")
+    sizes = [1e8, 2e8, 4e8, 8e8, 1.6e9]
+    fixed_ratio = [(n, 20 * n, law.loss(n, 20 * n)) for n in sizes]  # 20 tokens per parameter, as Chinchilla
+    code, out, err = cli("fit", _csv(tmp_path, fixed_ratio))
+    _one_error_line(code, out, err, "cannot identify the law")
+    assert "fixed tokens-per-parameter ratio" in err and "several model sizes, each trained on several" in err
+    # params, flops, loss with C = 6ND at that ratio: the same line
+    flops = [(n, 6 * n * 20 * n, loss) for n, _, loss in fixed_ratio]
+    _one_error_line(*cli("fit", _csv(tmp_path, flops, "params,flops,loss")), "fixed tokens-per-parameter ratio")
+    one_size = [(4e8, d, law.loss(4e8, d)) for d in (1e9, 2e9, 4e9, 8e9, 1.6e10)]
+    _one_error_line(*cli("fit", _csv(tmp_path, one_size)), "about the same size")
+    with pytest.raises(ValueError, match="D tied to N"):
+        planner.fit_scaling_law(sizes, [n**1.5 for n in sizes], [3.0, 2.9, 2.8, 2.7, 2.6])
+    # an isoFLOP-like grid of the same law identifies it (the check does not refuse good data)
+    grid = [(n, d) for n in sizes for d in (2e9, 8e9, 3.2e10)]
+    fit = planner.fit_scaling_law([n for n, _ in grid], [d for _, d in grid],
+                                  [law.loss(n, d) for n, d in grid], starts=planner.laws.DEFAULT_GRID[::16])
+    assert fit.law.alpha == pytest.approx(law.alpha, rel=0.05)
+
+
+def test_fit_refuses_values_near_1e300(cli, tmp_path):
+    rows = [(1e300 * k, 1e300, 2.0 + k / 10) for k in range(1, 6)]
+    _one_error_line(*cli("fit", _csv(tmp_path, rows)), "is above 1e+18, outside any real run")
+    with pytest.raises(ValueError, match=r"D\[0\] = 1e\+300 is above 1e\+20"):
+        planner.fit_scaling_law([1e9] * 5, [1e300] * 5, [2.0] * 5)
+    with pytest.raises(ValueError, match=r"loss\[1\] = 1000.0 is above 100"):
+        planner.fit_scaling_law([1e9, 2e9, 3e9, 4e9, 5e9], [1e10] * 5, [2.0, 1e3, 2.0, 2.0, 2.0])
+
+
+def test_plan_library_refuses_what_the_cli_refuses():
+    with pytest.raises(ValueError, match="give one budget, not both"):
+        planner.plan(1e21, hardware="h100", chips=8, days=1)
+    with pytest.raises(ValueError, match="max_memory_per_chip=1000000000.0: applies to a hardware budget"):
+        planner.plan(1e20, max_memory_per_chip=1e9)
+    with pytest.raises(ValueError, match="pass \\[None\\]"):
+        planner.frontier([1e20], hardware="h100", chips=8, days=1)
+
+
+def test_extreme_spec_values_are_refused_clearly(tmp_path):
+    spec = hardware.get("h100")
+    path = tmp_path / "fast.toml"
+    hardware.save(dataclasses.replace(spec, peak_flops={"bf16": 1e300}), path)
+    with pytest.raises(ValueError, match=r"peak_flops.bf16=1e\+300 is outside \[1, 1e\+22\]"):
+        planner.plan(hardware=str(path), chips=8, days=1)
+
+
+def test_library_type_errors_say_what_to_pass():
+    with pytest.raises(ValueError, match=r"expected a models.TransformerConfig; for the preset, pass "
+                                         r"models.presets.get\('gpt2'\)"):
+        planner.count_params("gpt2")
+    with pytest.raises(ValueError, match="presets.get"):
+        planner.count_flops("gpt2")
+    with pytest.raises(ValueError, match="expected a models.TransformerConfig"):
+        planner.estimate_memory({"d_model": 1})
+    cfg = presets.get("tiny-llama")
+    for kwargs in ({"batch_size": -1}, {"batch_size": 0}, {"seq_len": -5}, {"batch_size": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            planner.kv_cache_bytes(cfg, **kwargs)
+    # the count it gives otherwise: 2 (K and V) x layers x kv heads x head_dim x tokens x 2 bytes
+    assert planner.kv_cache_bytes(cfg, batch_size=3, seq_len=10) == 2 * 2 * 2 * 16 * 30 * 2

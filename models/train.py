@@ -15,6 +15,7 @@ validation does) as well as run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple
 
@@ -24,7 +25,7 @@ import optax
 from flax import nnx
 
 from models.config import TransformerConfig
-from models.transformer import Transformer
+from models.transformer import Transformer, make_layer
 
 
 class TrainState(NamedTuple):
@@ -36,8 +37,25 @@ class TrainState(NamedTuple):
 
 def abstract_model(cfg: TransformerConfig, *, scan_layers: bool = False, dtype=jnp.float32) -> Transformer:
     """The model with `jax.ShapeDtypeStruct` leaves instead of arrays: nothing is allocated,
-    so a 7B config can be inspected, counted and lowered on a laptop."""
-    return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), scan_layers=scan_layers, dtype=dtype))
+    so a 7B config can be inspected, counted and lowered on a laptop.
+
+    Unrolled layers are built one ``nnx.eval_shape`` each, in time linear in ``n_layers``. In one
+    trace, each layer would cost time proportional to the trace so far: every ``nnx.Rngs`` draw
+    sets a Variable, flax checks the new value's ``sharding``, and on a tracer JAX answers with
+    an AttributeError whose message walks every equation traced so far
+    (``DynamicJaxprTracer._origin_msg`` -> ``find_progenitors`` in
+    jax/_src/interpreters/partial_eval.py). 300 layers took 541 s that way.
+    """
+    def build(c):
+        return Transformer(c, rngs=nnx.Rngs(0), scan_layers=scan_layers, dtype=dtype)
+
+    if scan_layers or cfg.n_layers <= 2:
+        return nnx.eval_shape(lambda: build(cfg))
+    model = nnx.eval_shape(lambda: build(dataclasses.replace(cfg, n_layers=1)))
+    model.layers = nnx.List([nnx.eval_shape(lambda i=i: make_layer(cfg, i, rngs=nnx.Rngs(i + 1), dtype=dtype))
+                             for i in range(cfg.n_layers)])
+    model.cfg = cfg
+    return model
 
 
 def adamw(learning_rate: float = 3e-4, *, b1: float = 0.9, b2: float = 0.95,

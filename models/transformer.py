@@ -141,6 +141,13 @@ class Block(nnx.Module):
             return x + h
 
 
+def make_layer(cfg: TransformerConfig, index: int, *, rngs: nnx.Rngs, dtype=jnp.float32) -> Block:
+    """Layer ``index`` of the unrolled model (`Transformer` builds each layer with it, and
+    `models.abstract_model` builds the layers of an abstract model one at a time with it)."""
+    del index  # every layer is alike; a per-layer option would read it here
+    return Block(cfg, rngs=rngs, dtype=dtype)
+
+
 class Transformer(nnx.Module):
     """Decoder-only language model: tokens (batch, seq) int32 -> logits (batch, seq, vocab).
 
@@ -177,7 +184,7 @@ class Transformer(nnx.Module):
 
             self.layers = stack(rngs)
         else:
-            self.layers = nnx.List([Block(cfg, rngs=rngs, dtype=dtype) for _ in range(cfg.n_layers)])
+            self.layers = nnx.List([make_layer(cfg, i, rngs=rngs, dtype=dtype) for i in range(cfg.n_layers)])
         self.final_norm = _norm(cfg, rngs=rngs, dtype=dtype)
         self.head = (
             None if cfg.tied_embeddings

@@ -167,6 +167,12 @@ def _scan_adjusted(cfg: TransformerConfig, batch_size: int, seq_len: int, mode: 
     return comps, trans, dots.components, loops
 
 
+#: The most layers `validate` lowers unrolled. Building and lowering is linear in the layers
+#: (about 0.1-0.2 s a layer on a 2-core CPU), so 512 take a minute or two; beyond that the
+#: scanned program (one layer body, a second or two at any depth) validates the same closed form.
+MAX_UNROLLED_LAYERS = 512
+
+
 def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None = None,
              mode: str = "forward", stage: str = "lowered", scan_layers: bool = False) -> ValidationReport:
     """Compare XLA's cost analysis of `models.Transformer` (or its training step) with the
@@ -192,6 +198,10 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
         raise ValueError("validate needs integer sizes; got a relaxed (array) config")
     if not isinstance(scan_layers, bool):
         raise ValueError(f"scan_layers={scan_layers!r}: must be True or False")
+    if not scan_layers and cfg.n_layers > MAX_UNROLLED_LAYERS:
+        raise ValueError(f"n_layers={cfg.n_layers}: more than {MAX_UNROLLED_LAYERS} layers unrolled would take "
+                         f"minutes to lower (about 0.1-0.2 s a layer); validate with the layers under nnx.scan "
+                         "(--scan, scan_layers=True), which lowers one layer body and checks the same closed form")
     seq_len = cfg.seq_len if seq_len is None else seq_len
     # count_flops checks batch_size and seq_len (positive ints, within a learned table).
     full = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode, convention="xla")

@@ -167,3 +167,34 @@ def test_cli_grid_summary_and_exit_status(cli, monkeypatch):
 def test_cli_validate_bad_input(cli, argv, needle):
     code, out, err = cli(*argv)
     assert code == 2 and not out and err.startswith("error: ") and err.count("\n") == 1 and needle in err
+
+
+# ------------------------------------------------------------ deep unrolled models (issue 10)
+@pytest.mark.parametrize("name", ["tiny-gpt", "tiny-llama", "tiny-gemma"])
+def test_abstract_model_built_layer_by_layer_equals_one_trace(name):
+    """abstract_model builds unrolled layers one trace each (linear in n_layers); the result is
+    the same model as building it all in one nnx.eval_shape: graph, state tree, shapes, dtypes."""
+    import dataclasses
+
+    from flax import nnx
+
+    from models import abstract_model
+    from models.transformer import Transformer
+
+    cfg = dataclasses.replace(presets.get(name), n_layers=4)
+    fast = abstract_model(cfg)
+    one = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    (g1, s1), (g2, s2) = nnx.split(fast), nnx.split(one)
+    assert g1 == g2 and fast.cfg == cfg and len(fast.layers) == 4
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), s1) == jax.tree.map(lambda x: (x.shape, x.dtype), s2)
+
+
+def test_deep_unrolled_validation_is_refused_up_front_with_the_fix(cli):
+    import dataclasses
+
+    cfg = dataclasses.replace(presets.get("tiny-llama"), n_layers=2000)
+    with pytest.raises(ValueError, match=r"n_layers=2000: more than 512 layers unrolled .* \(--scan"):
+        validate(cfg)
+    code, out, err = cli("validate", "--preset", "tiny-llama", "--set", "n_layers=2000")
+    assert code == 2 and not out and "--scan" in err.splitlines()[-1]
+    assert err.splitlines()[0].startswith("note: lowering 2000 unrolled layers")

@@ -5,11 +5,22 @@ raises a float ** int32 promotion under it (optax 0.2.8), so the training step c
 """
 
 import os
+import re
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+
+_RUNTIME_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWE]\d{4} \d\d:\d\d:\d\d)")
+
+
+def without_runtime_logs(stderr: str) -> str:
+    """A subprocess's stderr without the native runtime's absl log lines, which JAX's plugins
+    print at import before any project code runs (e.g. jax-cuda12-plugin on a machine without
+    CUDA: "cudart_stub.cc:31] Could not find cuda drivers")."""
+    return "".join(line for line in stderr.splitlines(keepends=True) if not _RUNTIME_LOG.match(line))
 
 
 @pytest.fixture(autouse=True)

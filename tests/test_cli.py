@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests.conftest import without_runtime_logs
+
 
 
 
@@ -64,7 +66,9 @@ def test_console_entry_points():
     # The installed `python -m planner` runs the same main, with exit status and stderr as a user sees.
     res = subprocess.run([sys.executable, "-m", "planner", "count", "--preset", "nope"],
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and res.stderr.startswith("error: unknown preset") and "Traceback" not in res.stderr
+    err = without_runtime_logs(res.stderr)
+    assert res.returncode == 2 and err.startswith("error: unknown preset") and err.count("\n") == 1
+    assert "Traceback" not in res.stderr
     res = subprocess.run([sys.executable, "-m", "planner", "count", "--preset", "tiny-gpt"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "43,440" in res.stdout

@@ -405,8 +405,8 @@ def fit_scaling_law(N, D, loss, *, delta: float = 1e-3, starts=None, bootstrap: 
                  if exclude_highest_loss else "")
         raise ValueError(f"need at least {MIN_POINTS} points to fit five constants, "
                          f"got {len(l_arr)}{extra}")
-    check_identifiable(n_arr, d_arr)
     start_grid = _starts(starts)
+    check_identifiable(n_arr, d_arr)
 
     with jax.enable_x64(True):
         logs = tuple(jnp.asarray(np.log(x)) for x in (n_arr, d_arr, l_arr))

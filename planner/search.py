@@ -524,7 +524,7 @@ def plan(budget_flops: float | None = None, *, law="chinchilla", base=None, conv
       ValueError: invalid arguments; a budget below the smallest allowed shape's one step (the
         message names that minimum); constraints no shape satisfies (naming the constraint).
     """
-    if budget_flops is not None and (hardware is not None or chips is not None or days is not None):
+    if budget_flops is not None and hardware is not None and chips is not None and days is not None:
         raise ValueError(f"budget_flops={budget_flops!r} and a hardware budget (hardware={hardware!r}, chips={chips!r}, "
                          f"days={days!r}): give one budget, not both")
     return frontier([budget_flops], law=law, base=base, convention=convention, hardware=hardware, chips=chips,

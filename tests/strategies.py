@@ -1,5 +1,7 @@
 """Hypothesis strategies shared by the tests: random valid TransformerConfigs over every option."""
 
+import os
+
 from hypothesis import strategies as st
 
 from models import TransformerConfig
@@ -40,3 +42,14 @@ def configs(draw, *, max_width: int = 64, max_layers: int = 3) -> TransformerCon
         qkv_bias=draw(st.sampled_from([None, True, False])),
         embed_scale=draw(st.booleans()),
     )
+
+
+#: The Hypothesis profile (tests/conftest.py registers both): "quick" by default, for the README's
+#: test command; HYPOTHESIS_PROFILE=thorough runs every property test with its full example count.
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "quick")
+
+
+def examples(quick: int, thorough: int) -> int:
+    """max_examples for a property test that builds or compiles a model per example: ``quick``
+    under the default profile, ``thorough`` under HYPOTHESIS_PROFILE=thorough."""
+    return thorough if PROFILE == "thorough" else quick

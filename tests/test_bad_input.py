@@ -15,6 +15,7 @@ import hardware
 import planner
 from models import TransformerConfig, field_names, presets
 from planner.cli import main
+from tests.strategies import examples
 
 NASTY = ["0", "-1", "-0", "nan", "inf", "-inf", "1e400", "1e300", "99999999999999999999999", "abc", "",
          "1.5", "true", "none", "2", "8", "1e21", "1e10", "0.5", "3:1", "1:0", "-3:5", "64:192", "1e-300",
@@ -81,7 +82,7 @@ def files(tmp_path_factory):
     return str(bad_csv), str(bad_toml)
 
 
-@settings(max_examples=320, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(160, 320), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(argv=argvs())
 def test_cli_never_tracebacks(argv, files, capsys):
     argv = [files[0] if a == "CSV" else files[1] if a == "TOML" else a for a in argv]

@@ -292,10 +292,14 @@ def test_vmap_over_100k_configs_equals_scalar_loop():
 
     out = jax.jit(jax.vmap(one))(*(jnp.asarray(a, jnp.float32) for a in (d, layers, ff)))
     many = count_flops_many(cfg, batch_size=4, seq_len=2048, mode="train", d_model=d, n_layers=layers, d_ff=ff)
-    loop = np.array([float(count_flops(cfg.replace(d_model=int(a), n_layers=int(b), d_ff=int(c)), batch_size=4,
-                                       seq_len=2048, mode="train").total) for a, b, c in zip(d, layers, ff)])
-    np.testing.assert_allclose(np.asarray(out), loop, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(many), loop, rtol=1e-5)
+    # The exact scalar count on a random sample of 3,000 of them (all 100k took 40 s in Python).
+    idx = rng.choice(n, 3000, replace=False)
+    loop = np.array([float(count_flops(cfg.replace(d_model=int(d[i]), n_layers=int(layers[i]), d_ff=int(ff[i])),
+                                       batch_size=4, seq_len=2048, mode="train").total) for i in idx])
+    assert np.asarray(out).shape == np.asarray(many).shape == (n,)
+    np.testing.assert_allclose(np.asarray(out)[idx], loop, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(many)[idx], loop, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(many), np.asarray(out), rtol=1e-6)  # all 100k: both vectorised paths
 
 
 # ----------------------------------------------------------------------------- errors

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 
 from models import TransformerConfig, abstract_model, presets
 from planner import PARAM_COMPONENTS, count_params
-from tests.strategies import configs
+from tests.strategies import configs, examples
 
 
 def flax_param_count(cfg, scan_layers=False):
@@ -18,7 +18,7 @@ def flax_param_count(cfg, scan_layers=False):
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-@settings(max_examples=220, deadline=None)
+@settings(max_examples=examples(60, 220), deadline=None)
 @given(configs())
 def test_count_equals_flax_model(cfg):
     pc = count_params(cfg)
@@ -29,7 +29,7 @@ def test_count_equals_flax_model(cfg):
     assert all(type(v) is int for v in pc.components.values())
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(10, 25), deadline=None)
 @given(configs())
 def test_scanned_equals_plain(cfg):
     assert flax_param_count(cfg, scan_layers=True) == count_params(cfg).total

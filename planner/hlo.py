@@ -2,6 +2,7 @@
 
 `cost_of` reads ``cost_analysis()`` robustly across jax versions and stages. `parse_hlo` walks
 HLO text (lowered or compiled) and sums 2 * |output| * |contracting dims| over every ``dot``
+(and every ``convolution``, the form the TPU compiler gives its dots)
 (REFERENCES.md §3), attributing each to the FLOP component named in its ``op_name`` metadata
 (`models.Transformer` tags its ops with ``jax.named_scope``), and notes while loops and custom
 calls, which XLA's cost analysis counts once and as -1.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import math
 import re
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from planner.flops import FLOP_COMPONENTS
 
@@ -74,6 +77,53 @@ _CALLED = re.compile(r"\b(?:to_apply|calls|body|condition|branch_computations)=\
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _CONTRACT = re.compile(r"lhs_contracting_dims=\{([\d,]*)\}")
 _TARGET = re.compile(r'custom_call_target="([^"]*)"')
+_DIM_LABELS = re.compile(r"dim_labels=([0-9a-z]+)_([0-9a-z]+)->([0-9a-z]+)")
+_WINDOW = re.compile(r"window=\{([^}]*)\}")
+_GROUPS = re.compile(r"(feature|batch)_group_count=(\d+)")
+
+
+def _valid_positions(in_size: int, out_size: int, size: int, stride: int, pad_low: int,
+                     lhs_dilate: int, rhs_dilate: int) -> int:
+    """(output, window) index pairs of one spatial dim that land on a real input element, not
+    on padding or a dilation hole: the per-dim factor of XLA's convolution FMA count
+    (HloCostAnalysis::HandleConvolution)."""
+    out = np.arange(out_size, dtype=np.int64) * stride - pad_low
+    limit = (in_size - 1) * lhs_dilate
+    total = 0
+    for k in range(size):
+        pos = out + k * rhs_dilate
+        total += int(np.count_nonzero((pos >= 0) & (pos <= limit) & (pos % lhs_dilate == 0)))
+    return total
+
+
+def _conv_flops(attrs: str, out: list[int], lhs: list[int], line: str) -> int:
+    """2 x FMAs of a ``convolution``, as XLA's HloCostAnalysis counts them: (lhs features /
+    feature groups) x output features x (lhs batch / batch groups) x the valid (output, window)
+    position pairs of every spatial dim. The TPU compiler writes dots, batched ones included, as
+    convolutions (the batch dims as dilated spatial dims whose window meets one real element)."""
+    labels = _DIM_LABELS.search(attrs)
+    if labels is None:
+        raise ValueError(f"cannot read the convolution instruction: {line.strip()[:200]}")
+    lhs_l, rhs_l, out_l = labels.groups()
+    window: dict[str, list[int]] = {}
+    w = _WINDOW.search(attrs)
+    for item in (w.group(1).split() if w else []):
+        key, _, value = item.partition("=")
+        if key == "pad":
+            window["pad_low"] = [int(p.split("_")[0]) for p in value.split("x")]
+        else:
+            window[key] = [int(x) for x in value.split("x")]
+    groups = {k: int(v) for k, v in _GROUPS.findall(attrs)}
+    spatial = sorted(c for c in lhs_l if c.isdigit())
+    valid = 1
+    for i, d in enumerate(spatial):
+        pick = lambda key, default: window.get(key, [default] * len(spatial))[i]  # noqa: E731
+        valid *= _valid_positions(lhs[lhs_l.index(d)], out[out_l.index(d)], pick("size", 1), pick("stride", 1),
+                                  pick("pad_low", 0), pick("lhs_dilate", 1), pick("rhs_dilate", 1))
+    out_features = out[out_l.index("f")]
+    fma = (lhs[lhs_l.index("f")] // groups.get("feature", 1)) * out_features \
+        * (lhs[lhs_l.index("b")] // groups.get("batch", 1)) * valid
+    return 2 * fma
 
 
 def _split_type(rest: str) -> tuple[str, str]:
@@ -182,18 +232,23 @@ def parse_hlo(text: str) -> HloSummary:
             shapes[m.group(1)] = _dims(type_str)
             parsed.append((type_str, call, line))
         for type_str, call, line in parsed:
-            if not re.match(r"dot\(", call):
+            if not re.match(r"(dot|convolution)\(", call):
                 continue
             _, ops, attrs = _operands(call)
             out, lhs = _dims(type_str), shapes.get(ops[0]) if ops else None
-            contract = _CONTRACT.search(attrs)
-            if out is None or lhs is None or contract is None:
+            if out is None or lhs is None:
                 raise ValueError(f"cannot read the dot instruction: {line.strip()[:200]}")
-            k = math.prod(lhs[int(i)] for i in contract.group(1).split(",") if i)
+            if call.startswith("convolution("):
+                flops = _conv_flops(attrs, out, lhs, line)
+            else:
+                contract = _CONTRACT.search(attrs)
+                if contract is None:
+                    raise ValueError(f"cannot read the dot instruction: {line.strip()[:200]}")
+                flops = 2 * math.prod(out) * math.prod(lhs[int(i)] for i in contract.group(1).split(",") if i)
             name = (_OP_NAME.search(line) or [None, ""])[1]
             # segments look like "q", "jvp(q)" or "transpose(jvp(q))": the innermost word names it
             words = [re.findall(r"[A-Za-z_]+", seg) for seg in name.split("/")]
             tag = next((w[-1] for w in reversed(words) if w and w[-1] in components), None)
-            dots.append(Dot(2 * math.prod(out) * k, tag, comp, comp in in_loop, name))
+            dots.append(Dot(flops, tag, comp, comp in in_loop, name))
     return HloSummary(dots, n_while, custom, remat)
 

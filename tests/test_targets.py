@@ -87,6 +87,18 @@ def test_spec_target_fields_are_checked():
         from_toml(to_toml(hardware.get("tpu-v5p")).replace('tpu_topology = "v5p"', 'tpu_topology = "v9"'))
 
 
+def test_validate_target_arguments_are_checked():
+    from planner import validate
+
+    cfg = CONFIGS["gelu/layernorm/learned/tied"]
+    with pytest.raises(ValueError, match="layout= needs target="):
+        validate(cfg, layout="dp=2")
+    with pytest.raises(ValueError, match="stage='compiled'"):
+        validate(cfg, target="tpu-v5p:2x2x1", stage="compiled")
+    with pytest.raises(ValueError, match="unknown chip"):
+        validate(cfg, target="tpu-v9:2x2")
+
+
 def test_model_program_rejects_what_it_cannot_build():
     cfg = CONFIGS["gelu/layernorm/learned/tied"]
     with pytest.raises(ValueError, match="tp=2"):

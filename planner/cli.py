@@ -272,9 +272,15 @@ def _target_validation_text(name: str, v) -> str:
          "exact" if v.argument_bytes_exact else f"{r.argument_bytes_unpadded - v.predicted_argument_bytes:+,}"),
     ]
     lines += [table(("", "compiler", "closed form", "difference"), rows), ""]
-    rows = [(k, f"{float(pd):.4g}", f"{h:.4g}", "exact" if pd == h else f"{h - pd:+.3g}")
-            for k, (pd, h) in v.components.items()]
-    lines += [table(("component", "closed-form dots", "HLO dots", ""), rows), ""]
+    def pct(a, b):
+        return "" if r.flops is None else (f"{(a - b) / b:+.1%}" if b else "(untagged)")
+
+    rows = [(k, f"{float(c.predicted_dots):.4g}", f"{c.hlo_dots:.4g}",
+             "exact" if c.predicted_dots == c.hlo_dots else f"{c.hlo_dots - c.predicted_dots:+.3g}",
+             f"{float(c.predicted):.4g}", f"{c.hlo:.4g}" if r.flops is not None else "-",
+             pct(c.hlo, float(c.predicted))) for k, c in v.components.items()]
+    lines += [table(("component", "closed-form dots", "HLO dots", "", "closed form", "compiler", ""),
+                    rows, "lrrlrrr"), ""]
     m = r.memory
     lines.append(f"memory/device: arguments {human(m.argument, 'B')}, outputs {human(m.output, 'B')}, "
                  f"temp {human(m.temp, 'B')}, aliased {human(m.alias, 'B')}, peak {human(m.peak, 'B')}; "

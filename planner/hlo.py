@@ -252,3 +252,93 @@ def parse_hlo(text: str) -> HloSummary:
             dots.append(Dot(flops, tag, comp, comp in in_loop, name))
     return HloSummary(dots, n_while, custom, remat)
 
+
+
+#: Opcodes XLA's HloCostAnalysis gives no FLOPs (data movement, control flow, the dots and
+#: convolutions counted by `parse_hlo`, and the transcendentals it counts apart).
+_NO_FLOPS = frozenset("""
+parameter constant tuple get-tuple-element bitcast reshape broadcast transpose copy copy-start copy-done
+slice dynamic-slice dynamic-update-slice concatenate pad iota fusion while call conditional custom-call
+all-gather all-gather-start all-gather-done all-reduce-done reduce-scatter-done all-to-all
+collective-permute collective-permute-start collective-permute-done after-all partition-id replica-id
+rng-get-and-update-state rng-bit-generator gather reverse sort bitcast-convert opt-barrier send recv
+send-done recv-done infeed outfeed convolution dot reduce-precision domain get-dimension-size
+exponential log tanh rsqrt sqrt power logistic log-plus-one exponential-minus-one cbrt sine cosine
+tan erf atan2
+""".split())
+_REDUCING = ("reduce", "reduce-window", "all-reduce", "all-reduce-start", "reduce-scatter", "scatter",
+             "select-and-scatter")
+
+
+def elementwise_flops_by_component(text: str) -> dict[str | None, int]:
+    """Non-dot FLOPs of an HLO module's text per FLOP component (the ``op_name`` tag), counted
+    as XLA's HloCostAnalysis does: one per output element of an elementwise op (convert,
+    compare and select included, transcendentals not), and for a reduction the reduced
+    elements times its reducer's ops (an all-reduce: its output elements). A loop body counts
+    once; reducer computations only through their callers."""
+    computations: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if current is None:
+            m = _HEADER.match(line)
+            if m and not line.lstrip().startswith("HloModule"):
+                current = m.group(2)
+                computations[current] = []
+            continue
+        if line.strip() == "}":
+            current = None
+            continue
+        computations[current].append(line)
+
+    def opcode(call: str) -> str:
+        return call.partition("(")[0].strip()
+
+    reducers = {m.group(1) for lines in computations.values() for line in lines
+                for m in re.finditer(r"\bto_apply=%?([\w.\-]+)", line)}
+    reducer_ops = {}
+    for name in reducers:
+        ops = 0
+        for line in computations.get(name, ()):
+            m = _INSTR.match(line)
+            if m and opcode(_split_type(m.group(2))[1]) not in _NO_FLOPS:
+                ops += 1
+        reducer_ops[name] = max(ops, 1)
+
+    components = set(FLOP_COMPONENTS)
+    out: dict[str | None, int] = {}
+    for comp, lines in computations.items():
+        if comp in reducers:
+            continue
+        shapes: dict[str, list[int] | None] = {}
+        for line in lines:
+            m = _INSTR.match(line)
+            if not m:
+                continue
+            type_str, call = _split_type(m.group(2))
+            dims = _dims(type_str)
+            shapes[m.group(1)] = dims
+            op = opcode(call)
+            if op in _NO_FLOPS or op.endswith("-done"):
+                continue
+            if op in _REDUCING:
+                _, ops, _ = _operands(call)
+                apply = re.search(r"\bto_apply=%?([\w.\-]+)", line)
+                per = reducer_ops.get(apply.group(1), 1) if apply else 1
+                if op.startswith("all-reduce"):
+                    sizes = [math.prod(_dims(t) or []) for t in re.findall(r"[a-z]\w*\[[\d,]*\]", type_str)]
+                    n = sum(sizes) if not op.endswith("-start") else max(sizes, default=0)
+                elif op in ("reduce", "reduce-window"):
+                    inputs = shapes.get(ops[0]) if ops else None
+                    n = (math.prod(inputs) - math.prod(dims or [])) if inputs is not None else 0
+                else:
+                    n = math.prod(dims or [])
+                flops = n * per
+            elif dims is None:
+                continue
+            else:
+                flops = math.prod(dims)
+            name = (_OP_NAME.search(line) or [None, ""])[1]
+            words = [re.findall(r"[A-Za-z_]+", seg) for seg in name.split("/")]
+            tag = next((w[-1] for w in reversed(words) if w and w[-1] in components), None)
+            out[tag] = out.get(tag, 0) + flops
+    return out

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 import hardware
 from hardware.spec import Spec
@@ -426,7 +426,9 @@ class TargetReport:
       memory: ``memory_analysis()`` per device.
       argument_bytes_unpadded: the entry parameters' bytes without the layout's tile padding.
       dot_flops: 2 |out| |contracted| summed over the optimised HLO's dots and convolutions
-        (loop bodies once); dot_flops_by_component: the same per FLOP component tag.
+        (loop bodies once); dot_flops_by_component: the same per FLOP component tag ("None":
+        untagged); elementwise_flops_by_component: the rest of the FLOPs, counted from the same
+        HLO as XLA's cost analysis counts them (`planner.hlo.elementwise_flops_by_component`).
       collectives: the optimised HLO's collectives (`find_collectives`).
       hlo_source: "as_text" or "dump" (``xla_dump_to``, when ``as_text()`` raised).
       compile_seconds: wall time of lowering and compiling.
@@ -445,6 +447,7 @@ class TargetReport:
     argument_bytes_unpadded: int
     dot_flops: int
     dot_flops_by_component: dict[str, int]
+    elementwise_flops_by_component: dict[str, int]
     collectives: tuple[Collective, ...]
     hlo_source: str
     compile_seconds: float
@@ -500,7 +503,7 @@ def _describe(program) -> dict[str, Any]:
 def compile_in_process(programs: list, target: str | Target, *, hlo_source: str = "auto") -> list[TargetReport]:
     """`compile_for_target` in this process (for code already in a worker subprocess). The
     process should run with ``JAX_PLATFORMS=cpu`` and ``ALLOW_MULTIPLE_LIBTPU_LOAD=1``."""
-    from planner.hlo import parse_hlo
+    from planner.hlo import elementwise_flops_by_component, parse_hlo
 
     target = parse_target(target)
     devices = target_devices(target)
@@ -535,6 +538,7 @@ def compile_in_process(programs: list, target: str | Target, *, hlo_source: str 
             argument_bytes_unpadded=entry_parameter_bytes(text)[0],
             dot_flops=summary.dot_flops,
             dot_flops_by_component={str(k): v for k, v in summary.dot_flops_by_component().items()},
+            elementwise_flops_by_component={str(k): v for k, v in elementwise_flops_by_component(text).items()},
             collectives=tuple(find_collectives(text)), hlo_source=source, compile_seconds=seconds,
             hlo_text=text,
         ))
@@ -675,6 +679,20 @@ def closed_form_argument_bytes(program: ModelProgram) -> int:
     return 3 * 4 * n + 4 + 2 * tokens
 
 
+class TargetComponent(NamedTuple):
+    """One FLOP component of one device: the closed form ("xla" convention, and its dots) and
+    the compiler's optimised HLO (its dots, and its other FLOPs tagged with this component)."""
+
+    predicted: Any
+    predicted_dots: Any
+    hlo_dots: int
+    hlo_elementwise: int
+
+    @property
+    def hlo(self) -> int:
+        return self.hlo_dots + self.hlo_elementwise
+
+
 @dataclasses.dataclass(frozen=True)
 class TargetValidation:
     """The closed form of one device's program next to what the target's compiler reports.
@@ -683,7 +701,8 @@ class TargetValidation:
     flops in the "xla" convention (what the program executes), dot FLOPs in "fma" (2 per
     multiply-add), both as XLA counts a scanned program (its loop body once).
     ``flops_rel_error`` = (compiler - predicted) / predicted (None on GPU, whose compiler gives no
-    cost analysis). ``components``: per FLOP component, (closed-form dots, HLO dots).
+    cost analysis). ``components``: per FLOP component, a `TargetComponent` ("None": the
+    compiler's FLOPs that carry no component tag).
     """
 
     report: TargetReport
@@ -692,7 +711,7 @@ class TargetValidation:
     predicted_dot_flops: Any
     predicted_transcendentals: Any
     predicted_argument_bytes: int
-    components: dict[str, tuple[Any, int]]
+    components: dict[str, TargetComponent]
     notes: tuple[str, ...]
 
     @property
@@ -727,23 +746,26 @@ class TargetValidation:
             "predicted_transcendentals": num(self.predicted_transcendentals),
             "predicted_argument_bytes": self.predicted_argument_bytes,
             "argument_bytes_exact": self.argument_bytes_exact,
-            "components": {k: {"predicted_dots": num(p), "hlo_dots": h} for k, (p, h) in self.components.items()},
+            "components": {k: {"predicted": num(c.predicted), "predicted_dots": num(c.predicted_dots),
+                               "hlo_dots": c.hlo_dots, "hlo_elementwise": c.hlo_elementwise}
+                           for k, c in self.components.items()},
             "ok": self.ok, "notes": list(self.notes),
         }
 
 
 def _predict(program: ModelProgram):
-    """(flops, dot flops, transcendentals, per-component dots) of one device, as XLA counts."""
+    """(flops, dot flops, transcendentals, per-component flops, per-component dots) of one
+    device, as XLA counts them."""
     from planner.flops import count_flops
     from planner.validation import _scan_adjusted
 
     b, t = program.per_device_batch, program.tokens_per_sequence
     if program.scan_layers:
         comps, trans, dot_comps, loops = _scan_adjusted(program.cfg, b, t, program.mode)
-        return sum(comps.values()) + loops, sum(dot_comps.values()), trans, dict(dot_comps)
+        return sum(comps.values()) + loops, sum(dot_comps.values()), trans, dict(comps), dict(dot_comps)
     full = count_flops(program.cfg, batch_size=b, seq_len=t, mode=program.mode, convention="xla")
     dots = count_flops(program.cfg, batch_size=b, seq_len=t, mode=program.mode, convention="fma")
-    return full.total, dots.total, full.transcendentals, dict(dots.components)
+    return full.total, dots.total, full.transcendentals, dict(full.components), dict(dots.components)
 
 
 def _validation_notes(v_report: TargetReport, program: ModelProgram, predicted, predicted_dots,
@@ -757,9 +779,11 @@ def _validation_notes(v_report: TargetReport, program: ModelProgram, predicted, 
     if r.flops is not None:
         ew_xla, ew_cf = r.flops - r.dot_flops, float(predicted) - float(predicted_dots)
         notes.append(f"elementwise work (total - dots): compiler {ew_xla:.4g}, closed form {ew_cf:.4g} "
-                     f"({(ew_xla - ew_cf) / ew_cf:+.1%}): the compiler's fusions duplicate cheap producers "
-                     "into each consumer and expand GELU, softmax, norms and the loss into their own "
-                     "sequences; the closed form counts the program before optimisation")
+                     f"({(ew_xla - ew_cf) / ew_cf:+.1%}): the closed form counts the program before "
+                     "optimisation; the compiler's rewrites (fusions, which may duplicate a cheap producer "
+                     "into each consumer, and its own expansions of GELU, softmax, the norms, the loss and "
+                     "the embedding gradient) change the elementwise work, per component as tabled; the "
+                     "dots are untouched")
     if program.layout.data_parallel > 1:
         kinds = sorted({c.kind for c in r.collectives})
         notes.append(f"data parallel over {program.layout.data_parallel} devices: {len(r.collectives)} "
@@ -810,12 +834,15 @@ def validate_target_many(cases: list[tuple], target: str | Target, *,
     reports = compile_many(programs, target, timeout=timeout)
     out = []
     for program, report in zip(programs, reports):
-        flops, dots, trans, dot_comps = _predict(program)
-        by_comp = report.dot_flops_by_component
-        components = {k: (v, by_comp.get(k, 0)) for k, v in dot_comps.items() if v or by_comp.get(k)}
+        flops, dots, trans, comps, dot_comps = _predict(program)
+        hd, he = report.dot_flops_by_component, report.elementwise_flops_by_component
+        components = {k: TargetComponent(comps[k], dot_comps[k], hd.get(k, 0), he.get(k, 0)) for k in comps
+                      if comps[k] or hd.get(k) or he.get(k)}
+        if hd.get("None") or he.get("None"):
+            components["None"] = TargetComponent(0, 0, hd.get("None", 0), he.get("None", 0))
         notes = _validation_notes(report, program, flops, dots, target)
         if target.platform == "gpu":
-            moved = [k for k, (p, h) in components.items() if p != h]
+            moved = [k for k, c in components.items() if c.predicted_dots != c.hlo_dots]
             if moved and report.dot_flops == dots:
                 notes.append(f"per component, {', '.join(moved)} differ while the total is exact: the GPU "
                              "compiler merges dots sharing an operand (q, k, v) into one, tagged with one name")

@@ -62,22 +62,23 @@ def efficiency(target):
     return rows
 
 
-GRID = [  # (config, batch, seq)
-    (TransformerConfig(vocab_size=32000, d_model=d, n_layers=2, n_heads=d // 128, d_ff=4 * d, seq_len=s,
+GRID = [  # (config, batch, seq): two layers, Llama-style, from memory- to compute-bound
+    (TransformerConfig(vocab_size=8192, d_model=d, n_layers=2, n_heads=d // 64, d_ff=4 * d, seq_len=s,
                        mlp=mlp, norm="rmsnorm", position="rope", bias=False, tied_embeddings=False), b, s)
-    for d, b, s, mlp in [(512, 8, 512, "gelu"), (1024, 4, 1024, "swiglu"), (1024, 8, 2048, "swiglu"),
-                         (2048, 4, 1024, "swiglu"), (2048, 1, 4096, "gelu"), (4096, 2, 1024, "swiglu")]
+    for d, b, s, mlp in [(256, 1, 256, "gelu"), (256, 8, 512, "swiglu"), (512, 2, 512, "swiglu"),
+                         (512, 8, 1024, "gelu"), (1024, 1, 1024, "swiglu"), (1024, 4, 1024, "swiglu")]
 ]
 
 
 def grid(target):
     t = parse_target(target)
-    programs = [ModelProgram(cfg, batch_size=b, seq_len=s, layout=Layout(dtype="bf16")) for cfg, b, s in GRID]
-    reports = compile_in_process(programs, t)
     rows = []
-    for (cfg, b, s), r in zip(GRID, reports):
+    for cfg, b, s in GRID:
+        (r,) = compile_in_process([ModelProgram(cfg, batch_size=b, seq_len=s, layout=Layout(dtype="bf16"))], t)
         roof = roofline(cfg, hardware=t.spec, batch_size=b, seq_len=s, dtype="bf16").step_time
         rows.append((f"d{cfg.d_model} L{cfg.n_layers} {cfg.mlp} b{b} s{s}", roof, r.optimal_seconds))
+        print(f"  {rows[-1][0]:32s} {roof * 1e3:12.3f} {r.optimal_seconds * 1e3:10.3f} {roof / r.optimal_seconds:13.3f}"
+              f"   ({r.compile_seconds:.0f} s to compile)", flush=True)
     return rows
 
 
@@ -85,12 +86,10 @@ def main():
     for target in TARGETS:
         print(f"== {target}: optimal_seconds' efficiency factors")
         for label, frac, what in efficiency(target):
-            print(f"  {label:22s} {frac:.3f} {what}")
-        rows = grid(target)
+            print(f"  {label:22s} {frac:.3f} {what}", flush=True)
         print(f"== {target}: training step (bf16, one device), roofline vs XLA's optimal_seconds")
         print(f"  {'shape':32s} {'roofline ms':>12s} {'XLA ms':>10s} {'roofline/XLA':>13s}")
-        for label, roof, opt in rows:
-            print(f"  {label:32s} {roof * 1e3:12.3f} {opt * 1e3:10.3f} {roof / opt:13.3f}")
+        rows = grid(target)
         ratios = [roof / opt for _, roof, opt in rows]
         print(f"  roofline/XLA over {len(ratios)} shapes: min {min(ratios):.3f}, median "
               f"{statistics.median(ratios):.3f}, max {max(ratios):.3f}\n")

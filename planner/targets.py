@@ -375,7 +375,7 @@ def find_collectives(text: str) -> list[Collective]:
 
 
 _ENTRY_LAYOUT = re.compile(r"entry_computation_layout=\{\((.*?)\)->")
-_LAYOUT_ARRAY = re.compile(r"\b([a-z]+\d*[a-z\d]*)\[([\d,]*)\](\{[^{}]*(?:\([^)]*\)[^{}]*)*\})?")
+_LAYOUT_ARRAY = re.compile(r"\b([a-z]+\d*[a-z\d]*)\[([\d,]*)\](\{[^{}]*\})?")
 
 
 def tiled_bytes(dtype: str, dims: list[int], layout: str | None) -> int:
@@ -615,10 +615,11 @@ def compile_for_target(program, target: str | Target, *, timeout: float = DEFAUL
     ``program`` is a `ModelProgram`, a ``(cfg, layout, mode)`` tuple (batch_size = the layout's
     data-parallel degree), or a picklable callable ``build(devices) -> (jitted_fn, args)``.
 
-    >>> from models import presets                                    # doctest: +SKIP
-    >>> r = compile_for_target(ModelProgram(presets.get("tiny-gpt"), batch_size=4,
-    ...                                     layout=Layout(dp=4)), "tpu-v5p:2x2x1")
-    >>> r.flops, r.optimal_seconds, r.memory.peak, r.collectives[0].kind  # per device
+    Example (about 10 s; needs the tpu extra)::
+
+        r = compile_for_target(ModelProgram(presets.get("tiny-gpt"), batch_size=4,
+                                            layout=Layout(dp=4)), "tpu-v5p:2x2x1")
+        r.flops, r.optimal_seconds, r.memory.peak, r.collectives[0].kind  # per device
     """
     if isinstance(program, tuple):
         if not 1 <= len(program) <= 3:

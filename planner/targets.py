@@ -271,13 +271,25 @@ class ModelProgram:
                 "batch_size": self.batch_size, "seq_len": self.tokens_per_sequence,
                 "layout": self.layout.to_string(), "scan_layers": self.scan_layers}
 
+    def shardings(self, mesh, params, opt_state):
+        """(parameter shardings, optimizer-state shardings or None, token sharding) on ``mesh``
+        (axes `models.layout.MESH_DEGREES`): parameters and optimizer state replicated, tokens
+        split over the data-parallel axes. The place to shard parameters (fsdp, tp) from."""
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        replicated = NamedSharding(mesh, PartitionSpec())
+        like = lambda tree: jax.tree.map(lambda _: replicated, tree)  # noqa: E731
+        return (like(params), None if opt_state is None else like(opt_state),
+                NamedSharding(mesh, PartitionSpec(("dp", "fsdp"))))
+
     def build(self, devices: list):
         """(jitted function, abstract sharded arguments) on the first ``layout.chips`` devices."""
         import jax
         import jax.numpy as jnp
         import numpy as np
         from flax import nnx
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+        from jax.sharding import Mesh
 
         from models.train import abstract_model, adamw, train_step
 
@@ -289,17 +301,17 @@ class ModelProgram:
         dtype = jnp.bfloat16 if self.layout.dtype == "bf16" else jnp.float32
         graphdef, params = nnx.split(abstract_model(self.cfg, scan_layers=self.scan_layers, dtype=dtype),
                                      nnx.Param)
-        replicated = NamedSharding(mesh, PartitionSpec())
-        place = lambda tree, sharding: jax.tree.map(  # noqa: E731
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
-        params = place(params, replicated)
-        tokens = jax.ShapeDtypeStruct((self.batch_size, self.tokens_per_sequence), jnp.int32,
-                                      sharding=NamedSharding(mesh, PartitionSpec(("dp", "fsdp"))))
+        tx = adamw()
+        opt_state = jax.eval_shape(tx.init, params) if self.mode == "train" else None
+        param_sh, opt_sh, token_sh = self.shardings(mesh, params, opt_state)
+        place = lambda tree, shardings: jax.tree.map(  # noqa: E731
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
+        params = place(params, param_sh)
+        tokens = jax.ShapeDtypeStruct((self.batch_size, self.tokens_per_sequence), jnp.int32, sharding=token_sh)
         if self.mode == "forward":
             fn = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
             return fn, (params, tokens)
-        tx = adamw()
-        opt_state = place(jax.eval_shape(tx.init, params), replicated)
+        opt_state = place(opt_state, opt_sh)
         fn = jax.jit(lambda p, o, x, y: train_step(p, o, x, y, graphdef=graphdef, tx=tx),
                      donate_argnums=(0, 1))
         return fn, (params, opt_state, tokens, tokens)

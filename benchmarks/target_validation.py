@@ -41,7 +41,7 @@ def main(argv):
     for _, cfg in grid:
         cases += [(cfg, 2, None, "train", None, False), (cfg, 8, None, "train", "dp=4", False)]
     t0 = time.perf_counter()
-    results = validate_target_many(cases, "tpu-v5p:2x2x1")
+    results = validate_target_many(cases, "tpu-v5p:2x2x1", timeout=3600)
     print(f"tpu-v5p:2x2x1: {len(results)} compiles in {time.perf_counter() - t0:.0f} s\n")
     print(f"| config | devices | dot FLOPs/device (closed form) | TPU dots | total FLOPs err | args exact "
           f"| optimal_seconds | temp MiB |")
@@ -58,7 +58,8 @@ def main(argv):
           f"max {max(errs):+.2%}; within 1%: {sum(abs(e) <= 0.01 for e in errs)}/{len(errs)}")
     if "--gpu" in argv:
         t0 = time.perf_counter()
-        gpu = validate_target_many([(cfg, 16, None, "train", "dp=8", False) for _, cfg in grid], "h100:8")
+        gpu = validate_target_many([(cfg, 16, None, "train", "dp=8", False) for _, cfg in grid], "h100:8",
+                                   timeout=3600)
         print(f"\nh100:8: {len(gpu)} compiles in {time.perf_counter() - t0:.0f} s\n")
         print("| config | dots exact | args exact | peak MiB | temp MiB | collectives | all-reduce bytes |")
         print("|---|---|---|---|---|---|---|")

@@ -817,7 +817,7 @@ def _validation_notes(v_report: TargetReport, program: ModelProgram, predicted, 
         notes.append(f"optimal_seconds {r.optimal_seconds:.4g} s vs the roofline of the compiler's own "
                      f"FLOPs and bytes at bf16 peak and HBM bandwidth {roof:.4g} s (x{r.optimal_seconds / roof:.3f}): "
                      "XLA's TPU cost model derates both (benchmarks/target_time.py measures about 0.86 "
-                     "of peak for large matmuls and 0.85 of HBM bandwidth on v5p)")
+                     "of peak for large matmuls and 0.84 of HBM bandwidth on v5p)")
     if r.flops is None:
         notes.append("the GPU compiler gives no cost analysis: FLOPs come from the optimised HLO's dots only, "
                      "and there is no optimal_seconds")

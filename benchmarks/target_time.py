@@ -1,6 +1,6 @@
 """XLA's TPU cost model (``optimal_seconds``) against the roofline, compile-only.
 
-    python benchmarks/target_time.py
+    python benchmarks/target_time.py [TARGET ...] [--shapes N]
 
 1. Efficiency factors: one large bf16 matmul and one large elementwise add, compiled for each
    TPU; ``optimal_seconds`` against FLOPs / peak and bytes / HBM bandwidth gives the fraction of
@@ -82,8 +82,11 @@ def grid(target):
     return rows
 
 
-def main():
-    for target in TARGETS:
+def main(argv):
+    shapes = int(argv[argv.index("--shapes") + 1]) if "--shapes" in argv else len(GRID)
+    targets = [a for a in argv if ":" in a] or TARGETS
+    del GRID[shapes:]
+    for target in targets:
         print(f"== {target}: optimal_seconds' efficiency factors")
         for label, frac, what in efficiency(target):
             print(f"  {label:22s} {frac:.3f} {what}", flush=True)
@@ -96,4 +99,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

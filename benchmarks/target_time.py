@@ -93,7 +93,11 @@ def main(argv):
         print(f"== {target}: training step (bf16, one device), roofline vs XLA's optimal_seconds")
         print(f"  {'shape':32s} {'roofline ms':>12s} {'XLA ms':>10s} {'roofline/XLA':>13s}")
         rows = grid(target)
-        ratios = [roof / opt for _, roof, opt in rows]
+        ratios = [roof / opt for _, roof, opt in rows if opt > 0]
+        if len(ratios) < len(rows):
+            print(f"  {len(rows) - len(ratios)} shape(s) with a negative optimal_seconds (no estimate): left out")
+        if not ratios:
+            continue
         print(f"  roofline/XLA over {len(ratios)} shapes: min {min(ratios):.3f}, median "
               f"{statistics.median(ratios):.3f}, max {max(ratios):.3f}\n")
 

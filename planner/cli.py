@@ -438,6 +438,9 @@ def cmd_time(args: argparse.Namespace) -> int:
         print(f"\non {t['target']} (compile-only, the step data parallel over {t['devices']} devices):")
         if t["optimal_seconds"] is None:
             print("XLA's optimal_seconds: none (the GPU compiler gives no cost analysis)")
+        elif t["optimal_seconds"] <= 0:
+            print(f"XLA's optimal_seconds: {t['optimal_seconds']:.4g} s, not a time (the compiler's cost "
+                  "model gave no estimate for this program)")
         else:
             print(f"XLA's optimal_seconds  {t['optimal_seconds'] * 1e3:.3f} ms per step   roofline / XLA = "
                   f"{t['roofline_over_xla']:.3f}")
@@ -463,7 +466,7 @@ def _time_on_target(cfg, args: argparse.Namespace, target):
 def _target_time_json(r, c) -> dict:
     opt = c.optimal_seconds
     return {"target": c.target["name"], "devices": c.devices, "optimal_seconds": opt,
-            "roofline_step_s": r.step_time, "roofline_over_xla": (r.step_time / opt) if opt else None,
+            "roofline_step_s": r.step_time, "roofline_over_xla": (r.step_time / opt) if opt and opt > 0 else None,
             "flops_per_device": c.flops, "dot_flops_per_device": c.dot_flops,
             "memory": c.memory.to_dict(), "collectives": len(c.collectives),
             "collective_bytes": c.collective_bytes}

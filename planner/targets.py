@@ -434,7 +434,8 @@ class TargetReport:
       devices: devices the program runs on (its mesh).
       flops, bytes_accessed, transcendentals, optimal_seconds: ``cost_analysis()`` per device;
         None where the compiler gives none (the GPU compiler's is None). A while body is
-        counted once.
+        counted once. ``optimal_seconds`` is kept as reported: libtpu's v5e cost model returns a
+        negative value for some whole training steps, which means no estimate.
       memory: ``memory_analysis()`` per device.
       argument_bytes_unpadded: the entry parameters' bytes without the layout's tile padding.
       dot_flops: 2 |out| |contracted| summed over the optimised HLO's dots and convolutions
@@ -810,7 +811,10 @@ def _validation_notes(v_report: TargetReport, program: ModelProgram, predicted, 
         notes.append(f"argument bytes: {r.argument_bytes_unpadded:,} as arrays, {r.memory.argument:,} as "
                      f"the device holds them: {pad:,} bytes of tile padding (e.g. a scalar takes a "
                      "whole 128-element tile on TPU)")
-    if r.optimal_seconds is not None and r.flops:
+    if r.optimal_seconds is not None and r.optimal_seconds <= 0:
+        notes.append(f"optimal_seconds {r.optimal_seconds:.4g} s is not a time: the compiler's cost model gave "
+                     "no estimate for this program (seen for training steps on v5e); it is not compared")
+    elif r.optimal_seconds is not None and r.flops:
         spec = target.spec
         peak = spec.peak("bf16")
         roof = max(r.flops / peak, (r.bytes_accessed or 0) / spec.hbm_bandwidth)

@@ -31,6 +31,15 @@ from planner.memory import MemoryEstimate, estimate_memory, kv_cache_bytes
 from planner.params import PARAM_COMPONENTS, ParamCount, count_params, param_components
 from planner.search import DEFAULT_BASE, Plan, deepseek_batch_tokens, frontier, inference_aware, plan
 from planner.timing import ComponentTime, StepTime, roofline
+from planner.targets import (
+    ModelProgram,
+    Target,
+    TargetReport,
+    TargetValidation,
+    compile_for_target,
+    compile_model,
+    parse_target,
+)
 from planner.validation import ValidationReport, default_grid, validate
 
 __all__ = [
@@ -70,4 +79,11 @@ __all__ = [
     "roofline",
     "default_grid",
     "validate",
+    "ModelProgram",
+    "Target",
+    "TargetReport",
+    "TargetValidation",
+    "compile_for_target",
+    "compile_model",
+    "parse_target",
 ]

@@ -174,7 +174,8 @@ MAX_UNROLLED_LAYERS = 512
 
 
 def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None = None,
-             mode: str = "forward", stage: str = "lowered", scan_layers: bool = False) -> ValidationReport:
+             mode: str = "forward", stage: str = "lowered", scan_layers: bool = False,
+             target=None, layout=None):
     """Compare XLA's cost analysis of `models.Transformer` (or its training step) with the
     closed form, component by component.
 
@@ -186,10 +187,23 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
       stage: "lowered" (the unoptimised HLO, what the "xla" convention describes) or "compiled"
         (optimised for this backend; may fuse or simplify elementwise work).
       scan_layers: build the layers under ``nnx.scan`` (XLA then counts one layer's body).
+      target: a compile-only TPU or GPU target ("tpu-v5p:2x2x1", "h100:8"; planner.targets):
+        compile the optimised program for that chip instead of XLA:CPU's, in a subprocess.
+      layout: with ``target``, a `planner.Layout` (or its string, "dp=4") splitting the step.
 
     Returns:
-      A `ValidationReport`.
+      A `ValidationReport`; with ``target``, a `planner.targets.TargetValidation` (the
+      compiler's per-device numbers beside the closed form).
     """
+    if target is not None:
+        from planner.targets import validate_target
+
+        if stage != "lowered":
+            raise ValueError(f"stage={stage!r}: with target= the optimised program is read; drop stage")
+        return validate_target(cfg, target, batch_size=batch_size, seq_len=seq_len, mode=mode,
+                               layout=layout, scan_layers=scan_layers)
+    if layout is not None:
+        raise ValueError("layout= needs target= (a compile-only TPU or GPU target to shard over)")
     if not isinstance(mode, str) or mode not in VALIDATE_MODES:
         raise ValueError(f"mode={mode!r}: unknown; valid: {', '.join(VALIDATE_MODES)}")
     if not isinstance(stage, str) or stage not in STAGES:

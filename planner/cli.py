@@ -123,6 +123,8 @@ def _time_layout(args: argparse.Namespace):
     --remat, --shard and --chips describe (a field given both ways must agree)."""
     from models.layout import Layout
 
+    if args.chips is None or args.chips < 1:
+        raise UsageError(f"chips={args.chips}: must be a positive int")
     base = Layout(remat="full" if args.remat else "none", dtype=args.dtype, param_dtype=args.param_dtype,
                   **({"fsdp": args.chips} if args.shard else {"dp": args.chips}))
     given = _parse_layout(args.layout)
@@ -146,8 +148,11 @@ def _time_layout(args: argparse.Namespace):
 def memory_lines(m) -> list[str]:
     """The memory breakdown of a `MemoryEstimate`, one term a line, with the sum: checkable by hand."""
     rows = [(k, human(float(v), "B")) for k, v in m.breakdown.items() if float(v)]
-    width = max(len(k) for k, _ in rows)
+    phases = [(k, human(float(v), "B")) for k, v in (m.phases or {}).items() if float(v)]
+    width = max(len(k) for k, _ in rows + phases) + 2
     out = [f"  {k.ljust(width)}  {v:>10}" for k, v in rows]
+    out.extend(f"    {k.ljust(width - 2)}  {v:>10}  (peak_phase = max(sum of layer_*, loss_logits))"
+               if i == 0 else f"    {k.ljust(width - 2)}  {v:>10}" for i, (k, v) in enumerate(phases))
     out.append(f"  {'= total'.ljust(width)}  {human(float(m.total), 'B'):>10}"
                + (f"  of {human(m.hbm_bytes, 'B')} HBM: {'fits' if m.fits else 'DOES NOT FIT'}"
                   if m.hbm_bytes is not None else ""))

@@ -18,7 +18,8 @@ A step of `models.train_step` under a `models.Layout` holds, per chip (`estimate
   Transformer Models"), Sec. 4, Table 2, generalised to GQA, gated MLPs and head_dim != d / a.
 - **transient**: the peak of the layer being back-propagated: what it re-materialises, its
   largest gradient intermediates, the flash-attention working set.
-- **logits**: the head's output and its gradient (vocabulary-parallel over ``tp``).
+- **logits**: the head's output and its gradient (vocabulary-parallel over ``tp``); the loss
+  phase peaks before any layer's backward, so the larger of the two phases counts.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ FP32 = 4
 
 
 class MemoryEstimate(NamedTuple):
-    """Bytes per chip. ``total`` = params + grads + optimizer + activations + logits.
+    """Bytes per chip. ``total`` = params + grads + optimizer + activations.
 
     ``optimizer`` includes the fp32 master copy (also given alone as ``master``) and the
-    gradient-accumulation buffer (``accumulation``); ``activations`` includes the transient
-    peak of the layer being back-propagated (also given alone as ``transient``). ``breakdown``
-    itemises every term (bytes); ``to_dict()`` serialises it all.
+    gradient-accumulation buffer (``accumulation``). ``activations`` = the saved activations +
+    the larger of the two backward phases: the loss (``logits`` and their gradient) and the layer
+    being back-propagated (``transient``). ``breakdown`` itemises the sum (bytes), ``phases``
+    the two phases; ``to_dict()`` serialises it all.
     """
 
     params: Any
@@ -59,6 +61,7 @@ class MemoryEstimate(NamedTuple):
     transient: Any = 0
     breakdown: dict | None = None
     layout: Layout | None = None
+    phases: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         num = lambda x: None if x is None else (x if isinstance(x, (bool, int)) else float(x))  # noqa: E731
@@ -67,6 +70,7 @@ class MemoryEstimate(NamedTuple):
                 "logits", "total", "hbm_bytes")}
         out["fits"] = None if self.fits is None else bool(self.fits)
         out["breakdown"] = {k: num(v) for k, v in (self.breakdown or {}).items()}
+        out["phases"] = {k: num(v) for k, v in (self.phases or {}).items()}
         out["layout"] = None if self.layout is None else self.layout.to_string()
         return out
 
@@ -280,8 +284,8 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
     activations for ``layout.micro_batch`` sequences (default the whole per-replica batch) of
     ``seq_len / cp`` tokens over ``n_layers / pp`` layers x the micro-batches in flight
     (`_in_flight`), plus the transient of the layer being back-propagated (`transient_bytes`),
-    plus the logits: the head's output and its gradient, 2 buffers of micro x seq x vocab / tp in
-    the compute dtype. The step donates its parameters and optimizer state, so the updated ones
+    or, if larger, the loss phase: the logits and their gradient, two buffers of micro x seq x
+    vocab / tp in the compute dtype. The step donates its parameters and optimizer state, so the updated ones
     reuse their buffers. ``breakdown`` lists every term.
     """
     layout = _resolve_layout(layout, chips=chips, dtype=dtype, param_dtype=param_dtype,
@@ -324,14 +328,18 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
     per_layer = _bytes(saved_activation_elements(cfg, seq_len, layout=layout, dropout=dropout), tokens, act)
     b["saved_activations"] = per_layer * layers * _in_flight(layout, steps)
     trans = transient_bytes(cfg, micro, seq_len, layout=layout, block_size=block_size, dropout=dropout)
-    for k, v in trans.items():
-        b[f"transient_{k}"] = v
-    b["logits"] = 2 * tokens * cfg.vocab_size / layout.tp * act
-
+    logits = 2 * tokens * cfg.vocab_size / layout.tp * act
     transient = sum(trans.values())
-    activations = b["saved_activations"] + transient
+    # Two phases of the backward pass peak one after the other, not together: the loss (the
+    # logits and their gradient) and then each layer's backward (its transient). Every saved
+    # activation is live in both.
+    phases = {f"layer_{k}": v for k, v in trans.items()}
+    phases["loss_logits"] = logits
+    b["peak_phase"] = _max(transient, logits)
+
+    activations = b["saved_activations"] + b["peak_phase"]
     optimizer = b["moments"] + b["master"] + b["accumulation"]
-    total = b["params"] + b["grads"] + optimizer + activations + b["logits"]
+    total = b["params"] + b["grads"] + optimizer + activations
     hbm = fits = None
     if hardware is not None:
         import hardware as hw
@@ -339,9 +347,9 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
         spec = hw.resolve(hardware)
         hbm = spec.hbm_bytes
         fits = total <= hbm
-    return MemoryEstimate(b["params"], b["grads"], optimizer, activations, b["logits"], total, hbm, fits,
+    return MemoryEstimate(b["params"], b["grads"], optimizer, activations, logits, total, hbm, fits,
                           master=b["master"], accumulation=b["accumulation"], transient=transient,
-                          breakdown=b, layout=layout)
+                          breakdown=b, layout=layout, phases=phases)
 
 
 def _resolve_layout(layout, *, chips, dtype, param_dtype, master_weights, remat, shard_state) -> Layout:

@@ -130,3 +130,25 @@ def test_vectorised_and_differentiable():
 def test_bad_input_is_named(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         estimate_memory(presets.get("gpt2"), **kwargs)
+
+
+def test_cli_layout_on_time_and_plan(cli):
+    code, out, _ = cli("time", "--preset", "llama-2-7b", "--hardware", "h100", "--chips", "8", "--batch", "8",
+                       "--seq", "4096", "--layout", "fsdp=8,remat=selective,attention=flash,micro_batch=1")
+    assert code == 0 and "HFU" in out and "saved_activations" in out and "= total" in out
+    code, out, _ = cli("plan", "--hardware", "h100", "--chips", "8", "--days", "30")
+    assert code == 0 and "memory/chip" in out and "remat=" in out and "= total" in out
+    # the printed terms add up to the printed total (to the rounding of the printed figures)
+    lines = out[out.index("memory/chip (bytes"):].splitlines()[1:]
+    terms = [ln.split() for ln in lines if ln.startswith("  ") and not ln.startswith("    ")]
+    to_bytes = {"kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "B": 1}
+    values = [float(t[-2]) * to_bytes[t[-1]] for t in terms if t[0] != "=" and t[-1] in to_bytes]
+    total_line = next(ln for ln in lines if "= total" in ln).split()
+    total = float(total_line[2]) * to_bytes[total_line[3]]
+    assert sum(values) == pytest.approx(total, rel=0.01)
+    code, _, err = cli("time", "--preset", "gpt2", "--hardware", "h100", "--layout", "remat=some")
+    assert code == 2 and err.startswith("error: --layout 'remat=some'") and "valid: none, full" in err
+    code, _, err = cli("time", "--preset", "gpt2", "--hardware", "h100", "--layout", "fsdp=2", "--remat")
+    assert code == 2 and "put them in --layout" in err
+    code, _, err = cli("plan", "--hardware", "h100", "--chips", "8", "--days", "1", "--layout", "fsdp=4")
+    assert code == 2 and "layout has 4 chips" in err

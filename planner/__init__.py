@@ -24,6 +24,7 @@ from planner.flops import (
     count_flops,
     count_flops_many,
     forward_matmuls,
+    recompute_flops,
     step_matmuls,
 )
 from planner.laws import LAWS, FitResult, ScalingLaw, fit_scaling_law, get_law, load_dataset, load_runs_csv
@@ -41,6 +42,7 @@ from planner.targets import (
     parse_target,
 )
 from planner.validation import ValidationReport, default_grid, validate
+from planner.validation import MemoryReport, ValidationReport, default_grid, validate, validate_memory
 
 __all__ = [
     "__version__",
@@ -86,4 +88,7 @@ __all__ = [
     "compile_for_target",
     "compile_model",
     "parse_target",
+    "MemoryReport",
+    "recompute_flops",
+    "validate_memory",
 ]

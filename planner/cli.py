@@ -192,6 +192,59 @@ def _batch(args: argparse.Namespace) -> int:
     return 1 if args.batch is None else args.batch
 
 
+def _parse_layout(text: str | None):
+    """--layout TEXT -> models.Layout (None when not given); a bad field is a usage error."""
+    if text is None:
+        return None
+    from models.layout import Layout
+
+    try:
+        return Layout.parse(text)
+    except ValueError as err:
+        raise UsageError(f"--layout {text!r}: {err}") from None
+
+
+def _time_layout(args: argparse.Namespace):
+    """The layout of `planner time`: --layout's fields over the ones --dtype, --param-dtype,
+    --remat, --shard and --chips describe (a field given both ways must agree)."""
+    from models.layout import Layout
+
+    if args.chips is None or args.chips < 1:
+        raise UsageError(f"chips={args.chips}: must be a positive int")
+    base = Layout(remat="full" if args.remat else "none", dtype=args.dtype, param_dtype=args.param_dtype,
+                  **({"fsdp": args.chips} if args.shard else {"dp": args.chips}))
+    given = _parse_layout(args.layout)
+    if given is None:
+        return base
+    if args.remat or args.shard:
+        raise UsageError("--remat and --shard are the layout fields remat=full and fsdp=N: put them in --layout")
+    fields = {k: v for k, v in dataclasses.asdict(given).items() if v != getattr(Layout(), k)}
+    if given.chips == 1:  # no mesh in --layout: --chips are data parallel
+        fields.setdefault("dp", args.chips)
+    elif given.chips != args.chips and args.chips != 1:
+        raise UsageError(f"--layout has {given.chips} chips but --chips {args.chips}; make them agree")
+    fields.setdefault("dtype", args.dtype)
+    fields.setdefault("param_dtype", args.param_dtype)
+    try:
+        return Layout(**fields)
+    except ValueError as err:
+        raise UsageError(f"--layout {args.layout!r}: {err}") from None
+
+
+def memory_lines(m) -> list[str]:
+    """The memory breakdown of a `MemoryEstimate`, one term a line, with the sum: checkable by hand."""
+    rows = [(k, human(float(v), "B")) for k, v in m.breakdown.items() if float(v)]
+    phases = [(k, human(float(v), "B")) for k, v in (m.phases or {}).items() if float(v)]
+    width = max(len(k) for k, _ in rows + phases) + 2
+    out = [f"  {k.ljust(width)}  {v:>10}" for k, v in rows]
+    out.extend(f"    {k.ljust(width - 2)}  {v:>10}  (peak_phase = max(sum of layer_*, loss_logits))"
+               if i == 0 else f"    {k.ljust(width - 2)}  {v:>10}" for i, (k, v) in enumerate(phases))
+    out.append(f"  {'= total'.ljust(width)}  {human(float(m.total), 'B'):>10}"
+               + (f"  of {human(m.hbm_bytes, 'B')} HBM: {'fits' if m.fits else 'DOES NOT FIT'}"
+                  if m.hbm_bytes is not None else ""))
+    return out
+
+
 def _flop_args_given(args: argparse.Namespace) -> bool:
     return args.flops or any(getattr(args, a) is not None for a in ("mode", "convention", "batch", "seq")) or args.causal
 
@@ -485,15 +538,16 @@ def cmd_time(args: argparse.Namespace) -> int:
             raise UsageError(f"--chips {args.chips}: --target {target.name} has {target.chips} chips; drop --chips")
         args.chips = target.chips
     spec = hardware.get(args.hardware)
-    _check_dtype(spec, args.dtype)
-    if args.batch is None:  # one sequence per chip
-        args.batch = args.chips if isinstance(args.chips, int) and args.chips > 0 else 1
+    lay = _time_layout(args)
+    chips = lay.chips
+    _check_dtype(spec, lay.dtype)
+    if args.batch is None:  # one sequence per data-parallel replica
+        args.batch = lay.data_parallel
     name = _config_name(args)
-    r = roofline(cfg, hardware=spec, chips=args.chips, batch_size=_batch(args), seq_len=args.seq,
-                 dtype=args.dtype, param_dtype=args.param_dtype)
+    r = roofline(cfg, hardware=spec, chips=chips, batch_size=_batch(args), seq_len=args.seq,
+                 dtype=lay.dtype, param_dtype=lay.param_dtype, layout=lay)
     compiled = _time_on_target(cfg, args, target) if target is not None else None
-    m = estimate_memory(cfg, batch_size=_batch(args), seq_len=args.seq, chips=args.chips, dtype=args.dtype,
-                        param_dtype=args.param_dtype, remat=args.remat, shard_state=args.shard, hardware=spec)
+    m = estimate_memory(cfg, batch_size=_batch(args), seq_len=args.seq, layout=lay, hardware=spec)
     seq = cfg.seq_len if args.seq is None else args.seq
     if args.plot is not None:
         from planner.plots import roofline_figure
@@ -510,11 +564,13 @@ def cmd_time(args: argparse.Namespace) -> int:
             "memory_per_chip": {k: float(getattr(m, k)) for k in
                                 ("params", "grads", "optimizer", "activations", "logits", "total")},
             "hbm_bytes": m.hbm_bytes, "fits": bool(m.fits),
+            "layout": lay.to_string(), "hfu": r.hfu, "hardware_flops": _num(r.hardware_flops),
+            "memory_breakdown": m.to_dict()["breakdown"],
             **({"target": _target_time_json(r, compiled)} if compiled is not None else {}),
         }))
         return 0
-    print(f"{name} on {args.chips} x {spec.name}, {args.dtype}, global batch "
-          f"{_batch(args)} x {seq} tokens, data parallel\n")
+    print(f"{name} on {chips} x {spec.name}, {lay.dtype}, global batch "
+          f"{_batch(args)} x {seq} tokens, layout {lay.to_string() or 'default'} (roofline: data parallel)\n")
     rows = [(k, f"{float(c.flops):.3g}", human(float(c.bytes), "B"), f"{c.time * 1e3:.3f}", c.bound)
             for k, c in r.components.items() if c.flops or c.bytes]
     print(table(("component", "FLOPs/chip", "bytes/chip", "ms", "bound"), rows, "lrrrl"))
@@ -522,11 +578,15 @@ def cmd_time(args: argparse.Namespace) -> int:
           f"+ gradient all-reduce {r.comm_time * 1e3:.2f} ms)")
     print(f"throughput    {human(r.tokens_per_s, 'tokens/s')}")
     print(f"MFU           {100 * r.mfu:.1f}%  (model FLOPs = fma training count, attention in full)")
+    if lay.remat != "none" or lay.attention == "flash":
+        print(f"HFU           {100 * r.hfu:.1f}%  (hardware FLOPs: + the forward work remat={lay.remat}, "
+              f"attention={lay.attention} recompute)")
     print(f"memory/chip   {human(float(m.total), 'B')} of {human(spec.hbm_bytes, 'B')}: "
           f"params {human(float(m.params), 'B')}, grads {human(float(m.grads), 'B')}, "
           f"AdamW {human(float(m.optimizer), 'B')}, activations {human(float(m.activations), 'B')}"
-          f"{' (remat)' if args.remat else ''}, logits {human(float(m.logits), 'B')} -> "
+          f" (remat={lay.remat}), logits {human(float(m.logits), 'B')} -> "
           f"{'fits' if m.fits else 'DOES NOT FIT'}")
+    print("\n".join(memory_lines(m)))
     if compiled is not None:
         t = _target_time_json(r, compiled)
         print(f"\non {t['target']} (compile-only, the step data parallel over {t['devices']} devices):")
@@ -648,7 +708,8 @@ def _plan_kwargs(args: argparse.Namespace) -> dict:
     kw = dict(law=args.law or "chinchilla", base=_plan_base(args), convention=args.convention,
               hardware=args.hardware, chips=args.chips, days=args.days, mfu=args.mfu, dtype=args.dtype or "bf16",
               batch_tokens=args.batch_tokens, free_mlp_ratio=args.free_mlp_ratio, n_layers=args.n_layers,
-              d_model=args.d_model, max_memory_per_chip=args.max_memory)
+              d_model=args.d_model, max_memory_per_chip=args.max_memory,
+              layout=_parse_layout(args.layout))
     if args.aspect is not None:
         lo, sep, hi = args.aspect.partition(":")
         try:
@@ -697,6 +758,8 @@ def _plan_json(p, args=None) -> dict:
         "law": dataclasses.asdict(p.law), "step_time_s": p.step_time, "mfu": p.mfu, "days": p.days,
         "memory_per_chip": p.memory_per_chip, "micro_batch": p.micro_batch,
         "hardware": _plan_hardware(p, args) if args is not None else None, "notes": list(p.notes),
+        "layout": None if p.layout is None else p.layout.to_string(),
+        "memory_breakdown": None if p.memory is None else p.memory.to_dict()["breakdown"],
     }
 
 
@@ -721,6 +784,12 @@ def _plan_text(p, args=None) -> str:
     if p.step_time is not None:
         lines.insert(4, f"hardware    step {p.step_time * 1e3:.1f} ms, MFU {100 * p.mfu:.1f}%, {p.days:.2f} days, "
                         f"memory/chip {human(p.memory_per_chip, 'B')}")
+    if p.memory is not None:
+        lay = p.layout
+        lines.append(f"layout      {lay.to_string()}: remat={lay.remat} and micro-batch "
+                     f"{p.micro_batch} chosen as the least recomputation, then the largest micro-batch, that fits")
+        lines.append("memory/chip (bytes per chip, each term on its own line):")
+        lines.extend(memory_lines(p.memory))
     if hw is not None:
         lines.insert(5, f"            {hw['chips']} x {hw['target']}, {hw['dtype']}, step time from "
                         f"{hw['step_time_from']}; {hw['sequences_per_chip']} sequences/chip in micro-batches of "
@@ -848,6 +917,8 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="hardware budget: bytes per chip (default the chip's HBM)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a field of the base (repeatable): vocab_size, seq_len, n_kv_heads, d_ff, mlp, ...")
+    p.add_argument("--layout", metavar="FIELDS", help="hardware budget: the run's layout, e.g. "
+                   "'fsdp=8,attention=flash' (remat and micro_batch are searched unless given)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -902,6 +973,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param-dtype", dest="param_dtype", default="fp32", choices=("fp32", "bf16"),
                    help="parameter and gradient dtype (default fp32)")
     p.add_argument("--remat", action="store_true", help="memory with full activation rematerialisation")
+    p.add_argument("--layout", metavar="FIELDS", help="execution layout, e.g. 'remat=selective,attention=flash,"
+                   "micro_batch=2,fsdp=8' (see README 'Layouts'); overrides --dtype/--param-dtype")
     p.add_argument("--plot", metavar="PNG", help="write the per-component roofline as a PNG (needs matplotlib)")
     p.add_argument("--shard", action="store_true",
                    help="memory with parameters, gradients and AdamW state sharded over the chips (FSDP)")

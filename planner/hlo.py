@@ -176,13 +176,14 @@ def parse_hlo(text: str) -> HloSummary:
     """Dots, loops and custom calls of an HLO module's text (``as_text(dialect="hlo",
     debug_info=True)`` for a lowered program, ``compiled.as_text()`` for a compiled one)."""
     computations: dict[str, list[str]] = {}
-    current = None
+    current = entry = None
     for line in text.splitlines():
         if current is None:
             m = _HEADER.match(line)
             if m and not line.lstrip().startswith("HloModule"):
                 current = m.group(2)
                 computations[current] = []
+                entry = current if m.group(1) else entry
             continue
         if line.strip() == "}":
             current = None
@@ -190,6 +191,7 @@ def parse_hlo(text: str) -> HloSummary:
         computations[current].append(line)
 
     calls: dict[str, set[str]] = {c: set() for c in computations}
+    sites: dict[str, list[str]] = {c: [] for c in computations}  # callee of every call site
     loop_roots: set[str] = set()
     n_while, custom, remat = 0, [], False
     for comp, lines in computations.items():
@@ -197,6 +199,7 @@ def parse_hlo(text: str) -> HloSummary:
             for m in _CALLED.finditer(line):
                 for callee in re.split(r"\s*,\s*", m.group(1)):
                     calls[comp].add(callee.lstrip("%"))
+                    sites[comp].append(callee.lstrip("%"))
             if re.search(r"\swhile\(", line):
                 n_while += 1
                 for key in ("body", "condition"):
@@ -217,6 +220,11 @@ def parse_hlo(text: str) -> HloSummary:
             continue
         in_loop.add(c)
         stack.extend(calls.get(c, ()))
+
+    # A computation called from several sites (jax lowers a rematerialised or custom-VJP
+    # function once and calls it from every layer) runs once per site: XLA's cost analysis
+    # counts it so. Multiplicity = call sites, transitively from the entry (a loop body once).
+    times = _call_counts(entry, sites)
 
     components = set(FLOP_COMPONENTS)
     dots: list[Dot] = []
@@ -248,7 +256,7 @@ def parse_hlo(text: str) -> HloSummary:
             # segments look like "q", "jvp(q)" or "transpose(jvp(q))": the innermost word names it
             words = [re.findall(r"[A-Za-z_]+", seg) for seg in name.split("/")]
             tag = next((w[-1] for w in reversed(words) if w and w[-1] in components), None)
-            dots.append(Dot(flops, tag, comp, comp in in_loop, name))
+            dots.append(Dot(flops * times.get(comp, 1), tag, comp, comp in in_loop, name))
     return HloSummary(dots, n_while, custom, remat)
 
 
@@ -341,3 +349,29 @@ def elementwise_flops_by_component(text: str) -> dict[str | None, int]:
             tag = next((w[-1] for w in reversed(words) if w and w[-1] in components), None)
             out[tag] = out.get(tag, 0) + flops
     return out
+
+
+def _call_counts(entry: str | None, sites: dict[str, list[str]]) -> dict[str, int]:
+    """How many times each computation is reached from ``entry``, counting every call site."""
+    if entry is None:
+        return {}
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(c: str) -> None:  # post-order: callees after callers once reversed
+        if c in seen or c not in sites:
+            return
+        seen.add(c)
+        for callee in sites[c]:
+            visit(callee)
+        order.append(c)
+
+    visit(entry)
+    times = dict.fromkeys(seen, 0)
+    times[entry] = 1
+    for c in reversed(order):
+        for callee in sites[c]:
+            if callee in times:
+                times[callee] += times[c]
+    return times
+

@@ -52,23 +52,39 @@ RULES: dict[str, tuple[str, ...]] = {
 BATCH_AXES = ("dp", "fsdp")
 
 
-def mesh_axes(logical: str | None, layout: Layout, rules: dict[str, tuple[str, ...]] = RULES) -> tuple[str, ...]:
-    """The mesh axes (of degree > 1 in ``layout``) that logical axis ``logical`` is split over."""
+def mesh_axes(logical: str | None, layout: Layout, rules: dict[str, tuple[str, ...]] = RULES,
+              size=None) -> tuple[str, ...]:
+    """The mesh axes (of degree > 1 in ``layout``) that logical axis ``logical`` is split over.
+
+    With ``size`` (an int), an axis whose degree does not divide what is left of the dimension
+    is dropped: that dimension stays whole on it (e.g. a vocabulary of 251 over tp=2 is
+    replicated, not padded). A relaxed (float) size is assumed to divide."""
     if logical is None:
         return ()
     if logical not in rules:
         raise ValueError(f"logical axis {logical!r} has no rule; known: {', '.join(rules)}")
-    return tuple(a for a in rules[logical] if getattr(layout, a) > 1)
+    out = []
+    for a in rules[logical]:
+        g = getattr(layout, a)
+        if g == 1:
+            continue
+        if isinstance(size, int):
+            if size % g:
+                continue
+            size //= g
+        out.append(a)
+    return tuple(out)
 
 
-def logical_to_spec(names: tuple[str | None, ...], layout: Layout, ndim: int | None = None,
+def logical_to_spec(names: tuple[str | None, ...], layout: Layout, shape: tuple[int, ...] | None = None,
                     rules: dict[str, tuple[str, ...]] = RULES) -> P:
-    """A PartitionSpec for a parameter with logical axes ``names``. A stacked parameter
-    (``scan_layers``: one more leading dimension than names) keeps its layer axis unsplit."""
-    parts = [_one(mesh_axes(n, layout, rules)) for n in names]
-    if ndim is not None and ndim > len(parts):
-        parts = [None] * (ndim - len(parts)) + parts
-    return P(*parts)
+    """A PartitionSpec for a parameter with logical axes ``names`` (and, given, its ``shape``:
+    dimensions a degree does not divide stay whole). A stacked parameter (``scan_layers``: one
+    more leading dimension than names) keeps its layer axis unsplit."""
+    lead = 0 if shape is None else len(shape) - len(names)
+    sizes = [None] * len(names) if shape is None else list(shape[lead:])
+    parts = [_one(mesh_axes(n, layout, rules, size)) for n, size in zip(names, sizes)]
+    return P(*([None] * lead + parts))
 
 
 def _one(axes: tuple[str, ...]):
@@ -80,7 +96,7 @@ def param_specs(params, layout: Layout, rules: dict[str, tuple[str, ...]] = RULE
     metadata); a parameter without names is replicated."""
     def spec(var):
         names = var.get_metadata().get("out_sharding") or ()
-        return logical_to_spec(tuple(names), layout, np.ndim(var.value) if hasattr(var, "value") else None, rules)
+        return logical_to_spec(tuple(names), layout, tuple(np.shape(var.value)), rules)
 
     from flax import nnx
 
@@ -119,9 +135,13 @@ def activation_spec(kind: str, layout: Layout) -> P:
 
     - "residual" (batch, seq, d_model): batch over dp/fsdp, seq over cp (and tp with
       sequence_parallel);
+    - "block_input" (batch, seq, d_model): the normed input of attention and of the MLP, whole
+      over tp (with sequence_parallel: all-gathered here, Korthikanti et al. 2022, Fig. 5);
     - "query" (batch, seq, kv, groups, head_dim): seq over cp, kv heads over tp;
     - "kv" (batch, seq, kv, head_dim): the whole sequence (gathered over cp), kv heads over tp;
-    - "logits" (batch, seq, vocab): seq over cp, vocab over tp.
+    - "logits" (batch, seq, vocab): seq over cp, vocab over tp;
+    - "table" (vocab, d_model): the embedding table as the lookup and the tied head read it:
+      gathered over fsdp, vocabulary over tp.
     """
     batch = _one(tuple(a for a in BATCH_AXES if getattr(layout, a) > 1))
     cp = "cp" if layout.cp > 1 else None
@@ -130,13 +150,17 @@ def activation_spec(kind: str, layout: Layout) -> P:
         seq = _one(tuple(a for a in ("cp", "tp") if getattr(layout, a) > 1
                          and (a == "cp" or layout.sequence_parallel)))
         return P(batch, seq, None)
+    if kind == "block_input":  # the normed input of attention and MLP: whole over tp
+        return P(batch, cp, None)
     if kind == "query":
         return P(batch, cp, tp, None, None)
     if kind == "kv":
         return P(batch, None, tp, None)
     if kind == "logits":
         return P(batch, cp, tp)
-    raise ValueError(f"activation kind {kind!r} unknown; valid: residual, query, kv, logits")
+    if kind == "table":
+        return P(tp, None)
+    raise ValueError(f"activation kind {kind!r} unknown; valid: residual, block_input, query, kv, logits, table")
 
 
 def constrain(x: jax.Array, kind: str) -> jax.Array:
@@ -145,7 +169,14 @@ def constrain(x: jax.Array, kind: str) -> jax.Array:
     if active is None:
         return x
     mesh, layout = active
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, activation_spec(kind, layout)))
+    spec = activation_spec(kind, layout)
+    # a dimension a degree does not divide (an odd vocabulary over tp) stays whole
+    parts = []
+    for size, part in zip(x.shape, tuple(spec) + (None,) * (x.ndim - len(spec))):
+        axes = () if part is None else ((part,) if isinstance(part, str) else tuple(part))
+        deg = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+        parts.append(part if size % deg == 0 else None)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*parts)))
 
 
 # ----------------------------------------------------------------------------- the step

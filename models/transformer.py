@@ -148,12 +148,12 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
         with scope("norms"):
-            h = self.attn_norm(x)
+            h = constrain(self.attn_norm(x), "block_input")
         h = self.attn(h, rope)
         with scope("residual"):
             x = constrain(x + h, "residual")
         with scope("norms"):
-            h = self.mlp_norm(x)
+            h = constrain(self.mlp_norm(x), "block_input")
         h = self.mlp(h)
         with scope("residual"):
             return constrain(x + h, "residual")
@@ -213,7 +213,11 @@ class Transformer(nnx.Module):
                 "position table; pass at most seq_len tokens"
             )
         with scope("embedding"):
-            x = self.embed(tokens)
+            # nnx.Embed's lookup, with the table pinned whole over the data axes on a mesh
+            # (models.sharding: gathered over fsdp, split over tp only by vocabulary).
+            table = self.embed.embedding[...]
+            table = constrain(table if self.embed.dtype is None else table.astype(self.embed.dtype), "table")
+            x = jnp.take(table, tokens, axis=0)
             if cfg.embed_scale:
                 x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)
             if self.pos_embed is not None:
@@ -239,4 +243,5 @@ class Transformer(nnx.Module):
         with scope("norms"):
             x = self.final_norm(x)
         with scope("logits"):
-            return constrain(self.embed.attend(x) if self.head is None else self.head(x), "logits")
+            logits = (jnp.dot(x, table.T.astype(x.dtype)) if self.head is None else self.head(x))
+            return constrain(logits, "logits")

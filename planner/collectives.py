@@ -28,7 +28,8 @@ d = d_model, e = bytes of the compute dtype; L = n_layers / pp layers on one dev
   all-reduces its max, its sum of exponentials and the label's logit over the vocabulary
   ((b, t) each, in the logits' dtype), and the head's input gradient is all-reduced.
 - CP: the keys and values of every layer are all-gathered over ``cp`` ((b, seq_len, kv x hd /
-  tp) each), and their gradients reduce-scattered in the backward; or with
+  tp) each), and their gradients all-reduced in the backward (XLA's transpose of the gather:
+  the whole gradient reduced, each device keeping its slice); or with
   ``cp_attention="ring"`` passed around a ring, cp - 1 collective-permutes of each shard
   (Liu et al. 2023, "Ring Attention"; the backward sends keys, values and their gradients).
 - PP: one collective-permute of the (b, t, d) activations per micro-batch and virtual stage in
@@ -47,6 +48,7 @@ from typing import Any
 
 from models.config import TransformerConfig, check_size, is_relaxed
 from models.layout import Layout
+from models.sharding import mesh_axes
 from planner.memory import DTYPE_BYTES
 from planner.params import promote
 
@@ -208,18 +210,14 @@ def parameters(cfg: TransformerConfig, layers) -> list[_Param]:
 
 
 def _sharded_axes(p: _Param, layout: Layout) -> set[str]:
-    from models.sharding import mesh_axes
-
-    return {a for name, _ in p.shape for a in mesh_axes(name, layout)}
+    return {a for name, size in p.shape for a in mesh_axes(name, layout, size=size)}
 
 
 def _local_elements(p: _Param, layout: Layout, skip: tuple[str, ...] = ()):
     """Elements of the parameter on one device, with the axes in ``skip`` left unsplit."""
-    from models.sharding import mesh_axes
-
     n = 1
     for name, size in p.shape:
-        for a in mesh_axes(name, layout):
+        for a in mesh_axes(name, layout, size=size):
             if a not in skip:
                 size = _div(size, getattr(layout, a))
         n = n * size
@@ -237,7 +235,8 @@ def _group(axes: tuple[str, ...], layout: Layout) -> tuple[str | tuple[str, ...]
 def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=None, mode: str = "train",
                 dtype: str | None = None, param_dtype: str | None = None, gather_dtype: str | None = None,
                 grad_dtype: str | None = None, gather_in_backward: bool = True,
-                grad_reduce: str = "reduce-scatter", cp_attention: str = "all-gather") -> list[Collective]:
+                grad_reduce: str = "reduce-scatter", cp_attention: str = "all-gather",
+                regather_last_mlp: bool = False) -> list[Collective]:
     """Every collective of one step of `models.Transformer` on one device under ``layout``.
 
     Args:
@@ -258,6 +257,9 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
       grad_reduce: "reduce-scatter" of the FSDP gradients, or "all-reduce" (XLA:CPU replaces
         it with one all-reduce; on large TPU tori the compiler may too).
       cp_attention: "all-gather" of keys and values over ``cp``, or "ring" permutes.
+      regather_last_mlp: with ``gather_in_backward``, whether the last layer's MLP weights are
+        gathered again too. False (XLA:TPU): their backward comes first, right after the
+        forward, so the compiler keeps the gathered copies, as it keeps the head's.
 
     Returns:
       A list of `Collective`; `bytes_per_axis` sums it per mesh axis.
@@ -273,8 +275,9 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
     _choice("cp_attention", cp_attention, CP_ATTENTION)
     if not isinstance(layout, Layout):
         raise ValueError(f"layout={layout!r}: expected a planner.Layout (e.g. Layout.parse('fsdp=4,tp=2'))")
-    if not isinstance(gather_in_backward, bool):
-        raise ValueError(f"gather_in_backward={gather_in_backward!r}: must be True or False")
+    for name, flag in (("gather_in_backward", gather_in_backward), ("regather_last_mlp", regather_last_mlp)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name}={flag!r}: must be True or False")
     seq_len = cfg.seq_len if seq_len is None else seq_len
     check_size("batch_size", batch_size)
     check_size("seq_len", seq_len)
@@ -307,34 +310,47 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
 
     # --- weights: FSDP gathers, gradient reductions, ZeRO-1 --------------------------------
     data_axes = ("dp", "fsdp", "cp")
-    for p in parameters(cfg, layers):
+    params = parameters(cfg, layers)
+    for p in params:
         sharded = _sharded_axes(p, lay)
+        e_g = 4 if p.component == "norms" else e_grad  # flax's norms compute in float32
+        g_dt = "fp32" if p.component == "norms" else grad_dtype
+        component = p.component
         if "fsdp" in sharded:
             gathered = _local_elements(p, lay, skip=("fsdp",))
-            phases = ("forward", "backward") if train and gather_in_backward and p.backward_use else ("forward",)
-            for phase in phases:
-                add("all-gather", ("fsdp",), gathered * e_gather, p.copies * steps, p.component, phase,
-                    gather_dtype, "weights")
+            again = train and gather_in_backward and p.backward_use
+            for phase in ("forward", "backward") if again else ("forward",):
+                count = p.copies * steps
+                if phase == "backward" and not regather_last_mlp and p.component in ("mlp_in", "mlp_gate", "mlp_out"):
+                    count = (p.copies - 1) * steps
+                add("all-gather", ("fsdp",), gathered * e_gather, count, component, phase, gather_dtype, "weights")
         if not train:
             continue
         token_axes = data_axes + (("tp",) if lay.sequence_parallel and p.on_residual else ())
+        if p.component == "embedding" and (lay.dp > 1 or lay.cp > 1 or cfg.tied_embeddings):
+            # The table as the lookup (and the tied head) read it is whole over the data axes, so
+            # its gradient is reduced whole: the tied head's part on its own, then the sum; with
+            # data axes besides fsdp the sum is all-reduced, not reduce-scattered (measured, TPU).
+            whole = _local_elements(p, lay, skip=("fsdp",))
+            if cfg.tied_embeddings:
+                add("all-reduce", data_axes, whole * e_grad, steps, "logits", "backward", grad_dtype, "gradients")
+            if lay.dp > 1 or lay.cp > 1:
+                add("all-reduce", data_axes, whole * e_grad, steps, component, "backward", grad_dtype, "gradients")
+                continue
         if "fsdp" in sharded:
             full = _local_elements(p, lay, skip=("fsdp",))
-            add(grad_reduce, ("fsdp",), full * e_grad, p.copies * steps, p.component, "backward",
-                grad_dtype, "gradients")
+            add(grad_reduce, ("fsdp",), full * e_g, p.copies * steps, component, "backward", g_dt, "gradients")
         rest = tuple(a for a in token_axes if a not in sharded)
         local = _local_elements(p, lay)
         if lay.optimizer_sharding and "dp" in rest and lay.dp > 1:
             # ZeRO-1: reduce-scatter over dp (with the other replicated axes), then the updated
             # parameters all-gathered over dp in their storage dtype.
             others = tuple(a for a in rest if a != "dp")
-            add("all-reduce", others, local * e_grad, p.copies * steps, p.component, "backward",
-                grad_dtype, "gradients")
-            add(grad_reduce, ("dp",), local * e_grad, p.copies, p.component, "backward", grad_dtype, "gradients")
-            add("all-gather", ("dp",), local * e_param, p.copies, p.component, "optimizer", param_dtype, "weights")
+            add("all-reduce", others, local * e_g, p.copies * steps, component, "backward", g_dt, "gradients")
+            add(grad_reduce, ("dp",), local * e_g, p.copies, component, "backward", g_dt, "gradients")
+            add("all-gather", ("dp",), local * e_param, p.copies, component, "optimizer", param_dtype, "weights")
         else:
-            add("all-reduce", rest, local * e_grad, p.copies * steps, p.component, "backward",
-                grad_dtype, "gradients")
+            add("all-reduce", rest, local * e_g, p.copies * steps, component, "backward", g_dt, "gradients")
 
     # --- activations: tensor and sequence parallelism -------------------------------------
     per_layer = layers * steps
@@ -352,17 +368,23 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
     for kind, comp, phase in pairs:
         add(kind, ("tp",), act * e, per_layer, comp, phase, dtype, "activations")
 
-    # The vocabulary over tp: embedding lookup, logits, loss.
-    add("reduce-scatter" if sp else "all-reduce", ("tp",), act * e, steps, "embedding", "forward", dtype,
-        "activations")
+    # The vocabulary over tp (when tp divides it; else the table and the logits stay whole):
+    # embedding lookup, logits, loss.
+    vocab_tp = ("tp",) if "tp" in mesh_axes("vocab", lay, size=cfg.vocab_size) else ()
+    # With sequence parallelism the lookup's output is reduce-scattered into the sequence-sharded
+    # residual stream and the head's input all-gathered (Korthikanti et al. 2022, Fig. 5); an
+    # unsplit vocabulary (tp does not divide it) leaves both on the local sequence shard.
     if sp:
-        add("all-gather", ("tp",), act * e, steps, "logits", "forward", dtype, "activations")
+        add("reduce-scatter", vocab_tp, act * e, steps, "embedding", "forward", dtype, "activations")
+        add("all-gather", vocab_tp, act * e, steps, "logits", "forward", dtype, "activations")
+    else:
+        add("all-reduce", vocab_tp, act * e, steps, "embedding", "forward", dtype, "activations")
     if train:
-        add("all-reduce", ("tp",), b * t * e, 3 * steps, "loss", "forward", dtype, "activations")
-        add("reduce-scatter" if sp else "all-reduce", ("tp",), act * e, steps, "logits", "backward", dtype,
+        add("all-reduce", vocab_tp, b * t * e, 3 * steps, "loss", "forward", dtype, "activations")
+        add("reduce-scatter" if sp else "all-reduce", vocab_tp, act * e, steps, "logits", "backward", dtype,
             "activations")
         if sp:
-            add("all-gather", ("tp",), act * e, steps, "embedding", "backward", dtype, "activations")
+            add("all-gather", vocab_tp, act * e, steps, "embedding", "backward", dtype, "activations")
         # the mean loss over the data shards: one float32 scalar
         add("all-reduce", data_axes, 4, steps, "loss", "forward", "fp32", "activations")
 
@@ -372,8 +394,8 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
     if cp_attention == "all-gather":
         full_kv = b * seq_len * kv * e
         add("all-gather", ("cp",), full_kv, 2 * per_layer, "kv", "forward", dtype, "activations")
-        if train:
-            add("reduce-scatter", ("cp",), full_kv, 2 * per_layer, "kv", "backward", dtype, "activations")
+        if train:  # the gather's transpose: the whole key/value gradient all-reduced, then sliced
+            add("all-reduce", ("cp",), full_kv, 2 * per_layer, "kv", "backward", dtype, "activations")
     else:
         shard_kv = b * t * kv * e
         add("collective-permute", ("cp",), shard_kv, 2 * (lay.cp - 1) * per_layer, "kv", "forward", dtype,

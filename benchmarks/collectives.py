@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         t0 = time.time()
         compiled, _ = compile_sharded_step(cfg, lay, batch_size=b, seq_len=t, devices=topo.devices,
                                            compiler_options=opts)
-        rep = collective_report(cfg, lay, compiled, batch_size=b, seq_len=t, where=args.target, platform="tpu")
+        rep = collective_report(cfg, lay, compiled.as_text(), batch_size=b, seq_len=t, where=args.target,
+                                platform="tpu")
         for axis, r in rep.rows.items():
             kinds = ",".join(f"{k}:{v}" for k, v in sorted(r.compiled_kinds.items()))
             print(f"{label:<11} {lay_s:<36} {axis:<8} {int(r.predicted):>12} {r.compiled:>12} "

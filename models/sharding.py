@@ -137,6 +137,8 @@ def activation_spec(kind: str, layout: Layout) -> P:
       sequence_parallel);
     - "block_input" (batch, seq, d_model): the normed input of attention and of the MLP, whole
       over tp (with sequence_parallel: all-gathered here, Korthikanti et al. 2022, Fig. 5);
+    - "hidden" (batch, seq, width): the attention output before ``attn_out`` and the MLP's
+      hidden units, split over tp (Megatron's column-parallel outputs);
     - "query" (batch, seq, kv, groups, head_dim): seq over cp, kv heads over tp;
     - "kv" (batch, seq, kv, head_dim): the whole sequence (gathered over cp), kv heads over tp;
     - "logits" (batch, seq, vocab): seq over cp, vocab over tp;
@@ -152,6 +154,8 @@ def activation_spec(kind: str, layout: Layout) -> P:
         return P(batch, seq, None)
     if kind == "block_input":  # the normed input of attention and MLP: whole over tp
         return P(batch, cp, None)
+    if kind == "hidden":  # heads x head_dim before attn_out, the MLP's hidden units: over tp
+        return P(batch, cp, tp)
     if kind == "query":
         return P(batch, cp, tp, None, None)
     if kind == "kv":
@@ -160,7 +164,7 @@ def activation_spec(kind: str, layout: Layout) -> P:
         return P(batch, cp, tp)
     if kind == "table":
         return P(tp, None)
-    raise ValueError(f"activation kind {kind!r} unknown; valid: residual, block_input, query, kv, logits, table")
+    raise ValueError(f"activation kind {kind!r} unknown; valid: residual, block_input, hidden, query, kv, logits, table")
 
 
 def constrain(x: jax.Array, kind: str) -> jax.Array:

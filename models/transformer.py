@@ -105,7 +105,7 @@ class Attention(nnx.Module):
         with scope("softmax"):
             probs = jax.nn.softmax(scores, axis=-1)
         with scope("attn_values"):
-            out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, self.n_heads * hd)
+            out = constrain(jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, self.n_heads * hd), "hidden")
         with scope("attn_out"):
             return self.o(out)
 
@@ -134,7 +134,7 @@ class MLP(nnx.Module):
             else:  # geglu
                 h = jax.nn.gelu(gate, approximate=True) * up
         with scope("mlp_out"):
-            return self.down(h)
+            return self.down(constrain(h, "hidden"))
 
 
 class Block(nnx.Module):
@@ -217,7 +217,7 @@ class Transformer(nnx.Module):
             # (models.sharding: gathered over fsdp, split over tp only by vocabulary).
             table = self.embed.embedding[...]
             table = constrain(table if self.embed.dtype is None else table.astype(self.embed.dtype), "table")
-            x = jnp.take(table, tokens, axis=0)
+            x = constrain(jnp.take(table, tokens, axis=0), "block_input")
             if cfg.embed_scale:
                 x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)
             if self.pos_embed is not None:

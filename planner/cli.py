@@ -241,13 +241,54 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.preset is None and not args.set:
         raise UsageError("give --preset NAME, --set field=value ..., or --grid")
     cfg = config_from_args(args)
-    r = validate(cfg, batch_size=_batch(args), seq_len=args.seq, mode=args.mode or "forward",
-                 stage=args.stage, scan_layers=args.scan)
+    if (args.target or args.devices) and not args.layout:
+        raise UsageError("--target and --devices check a sharded step: give --layout too (e.g. fsdp=4,tp=2)")
+    if args.layout and bool(args.target) == bool(args.devices):
+        raise UsageError("with --layout give one of --target (e.g. tpu-v5p:2x2x2) or --devices N (a CPU mesh)")
+    layout = _layout_arg(args.layout) if args.layout else None
+    try:
+        r = validate(cfg, batch_size=_batch(args), seq_len=args.seq, mode=args.mode or "forward",
+                     stage=args.stage, scan_layers=args.scan, layout=layout, target=args.target,
+                     devices=args.devices)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.json:
         print(json.dumps({"preset": args.preset, **r.to_json()}, indent=2))
     else:
         print(_validation_text(args.preset or "custom config", r))
+        if r.collectives is not None:
+            print("\n" + _collectives_text(r.collectives))
     return 0 if r.ok else 1
+
+
+def _layout_arg(text: str):
+    from models.layout import Layout
+
+    try:
+        return Layout.parse(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _collectives_text(rep) -> str:
+    """The per-axis table of a `planner.validation.CollectiveReport`."""
+    lines = [f"collectives of one training step, {rep.layout.to_string()} on {rep.where} "
+             f"(batch {rep.batch_size} x {rep.seq_len}), bytes per device:"]
+    rows = []
+    for axis, r in rep.rows.items():
+        kinds = ", ".join(f"{k} {human(v, 'B')}" for k, v in sorted(r.compiled_kinds.items()))
+        rows.append((axis, f"{int(r.predicted):,}", f"{r.compiled:,}", f"{100 * r.rel_error:+.2f}%", kinds))
+    lines.append(table(("mesh axis", "closed form", "compiler", "error", "compiler's kinds"), rows, "lrrrl"))
+    pred, hlo = rep.dot_flops
+    lines.append(f"per-device dot FLOPs: closed form {int(pred):,}; compiler "
+                 + (f"{hlo:,} ({'exact' if hlo == pred else 'DIFF'})" if hlo is not None else "not readable here"))
+    if rep.memory:
+        lines.append("per-device memory (compiler): " + ", ".join(
+            f"{k.replace('_size_in_bytes', '')} {human(v, 'B')}" for k, v in rep.memory.items()))
+    lines.append("compiler behaviour assumed: " + ", ".join(f"{k}={v}" for k, v in rep.options.items()))
+    lines += [f"- {n}" for n in rep.notes]
+    lines.append(f"verdict: {'OK' if rep.ok else 'OUTSIDE TOLERANCE'} (every axis within 2%)")
+    return "\n".join(lines)
 
 
 def _validate_grid(args: argparse.Namespace, grid) -> int:
@@ -575,6 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, metavar="B", help="sequences (default 1)")
     p.add_argument("--seq", type=int, metavar="T", help="tokens per sequence (default: the config's seq_len)")
     p.add_argument("--scan", action="store_true", help="layers under nnx.scan (--grid: both ways by default)")
+    p.add_argument("--layout", metavar="L", help="also check the sharded training step's collectives under "
+                   "this layout (e.g. fsdp=4,tp=2); with --target or --devices")
+    p.add_argument("--target", metavar="T", help="compile-only TPU slice for --layout, e.g. tpu-v5p:2x2x2")
+    p.add_argument("--devices", type=int, metavar="N", help="simulated CPU devices for --layout (a subprocess)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("hardware", help="the shipped hardware targets, with their sources")

@@ -236,7 +236,7 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
                 dtype: str | None = None, param_dtype: str | None = None, gather_dtype: str | None = None,
                 grad_dtype: str | None = None, gather_in_backward: bool = True,
                 grad_reduce: str = "reduce-scatter", cp_attention: str = "all-gather",
-                regather_last_mlp: bool = False) -> list[Collective]:
+                keep_last_gathered: tuple[str, ...] | None = None, sp_regather: bool = True) -> list[Collective]:
     """Every collective of one step of `models.Transformer` on one device under ``layout``.
 
     Args:
@@ -257,9 +257,12 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
       grad_reduce: "reduce-scatter" of the FSDP gradients, or "all-reduce" (XLA:CPU replaces
         it with one all-reduce; on large TPU tori the compiler may too).
       cp_attention: "all-gather" of keys and values over ``cp``, or "ring" permutes.
-      regather_last_mlp: with ``gather_in_backward``, whether the last layer's MLP weights are
-        gathered again too. False (XLA:TPU): their backward comes first, right after the
-        forward, so the compiler keeps the gathered copies, as it keeps the head's.
+      keep_last_gathered: with ``gather_in_backward``, the last layer's weights whose gathered
+        copies the compiler keeps for the backward (which starts with them, right after the
+        forward) instead of gathering them again. None = what XLA:TPU does (measured): all of
+        the MLP's for a gated MLP, ``mlp_out`` alone for a plain one; () = gather all again.
+      sp_regather: with ``sequence_parallel``, the backward all-gathers the head's input and one
+        block input per layer again (XLA:TPU, measured) rather than keeping the forward's.
 
     Returns:
       A list of `Collective`; `bytes_per_axis` sums it per mesh axis.
@@ -275,7 +278,7 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
     _choice("cp_attention", cp_attention, CP_ATTENTION)
     if not isinstance(layout, Layout):
         raise ValueError(f"layout={layout!r}: expected a planner.Layout (e.g. Layout.parse('fsdp=4,tp=2'))")
-    for name, flag in (("gather_in_backward", gather_in_backward), ("regather_last_mlp", regather_last_mlp)):
+    for name, flag in (("gather_in_backward", gather_in_backward), ("sp_regather", sp_regather)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name}={flag!r}: must be True or False")
     seq_len = cfg.seq_len if seq_len is None else seq_len
@@ -310,6 +313,8 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
 
     # --- weights: FSDP gathers, gradient reductions, ZeRO-1 --------------------------------
     data_axes = ("dp", "fsdp", "cp")
+    if keep_last_gathered is None:
+        keep_last_gathered = ("mlp_in", "mlp_gate", "mlp_out") if cfg.gated else ("mlp_out",)
     params = parameters(cfg, layers)
     for p in params:
         sharded = _sharded_axes(p, lay)
@@ -321,7 +326,7 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
             again = train and gather_in_backward and p.backward_use
             for phase in ("forward", "backward") if again else ("forward",):
                 count = p.copies * steps
-                if phase == "backward" and not regather_last_mlp and p.component in ("mlp_in", "mlp_gate", "mlp_out"):
+                if phase == "backward" and p.component in keep_last_gathered:
                     count = (p.copies - 1) * steps
                 add("all-gather", ("fsdp",), gathered * e_gather, count, component, phase, gather_dtype, "weights")
         if not train:
@@ -385,6 +390,12 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
             "activations")
         if sp:
             add("all-gather", vocab_tp, act * e, steps, "embedding", "backward", dtype, "activations")
+            if sp_regather:
+                # the head's input and one block input per layer are gathered again for the
+                # weight gradients instead of being kept (Korthikanti et al. 2022, Sec. 4.2.2,
+                # make the same trade in Megatron)
+                add("all-gather", ("tp",), act * e, steps, "logits", "backward", dtype, "activations")
+                add("all-gather", ("tp",), act * e, per_layer, "block_input", "backward", dtype, "activations")
         # the mean loss over the data shards: one float32 scalar
         add("all-reduce", data_axes, 4, steps, "loss", "forward", "fp32", "activations")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -39,7 +40,13 @@ def layouts_of_8() -> list[str]:
     return out
 
 
-def equivalence() -> list[dict]:
+#: The layouts the test suite runs (one of each degree, sequence parallelism with every other
+#: degree, a 3-axis mesh); benchmarks/sharded_equivalence.py runs all of `layouts_of_8`.
+TEST_LAYOUTS = ("fsdp=8", "tp=8", "dp=2,fsdp=2,tp=2,sequence_parallel=true", "fsdp=2,tp=2,cp=2",
+                "dp=2,cp=4", "tp=2,cp=4,sequence_parallel=true")
+
+
+def equivalence(layouts=TEST_LAYOUTS) -> list[dict]:
     # GQA (kv heads 8 = tp max), gated MLP, biases, an untied head, a vocabulary tp=8 does not divide.
     cfg = TransformerConfig(vocab_size=60, d_model=32, n_layers=1, n_heads=8, d_ff=64, seq_len=16,
                             mlp="swiglu", norm="rmsnorm", position="rope", bias=True, tied_embeddings=False)
@@ -52,7 +59,8 @@ def equivalence() -> list[dict]:
     ref_params, _, ref_loss = train_step(copy(state.params), copy(state.opt_state), tokens[:, :-1],
                                          tokens[:, 1:], graphdef=state.graphdef, tx=tx)
     rows = []
-    for text in layouts_of_8():
+    for text in layouts:
+        t0 = time.time()
         lay = Layout.parse(text)
         mesh = sharding.make_mesh(lay, jax.devices()[: lay.chips])
         sharded = sharding.shard_train_state(state._replace(params=copy(state.params),
@@ -63,13 +71,14 @@ def equivalence() -> list[dict]:
                    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
         n_sharded = sum(1 for leaf in jax.tree.leaves(params)
                         if not leaf.sharding.is_fully_replicated)
+        print(text, f"{time.time() - t0:.1f}s", file=sys.stderr, flush=True)
         rows.append({"layout": text, "loss": float(loss), "ref_loss": float(ref_loss), "param_diff": diff,
                      "sharded_params": n_sharded})
     return rows
 
 
 def tpu_collectives() -> list[dict]:
-    """Closed form vs the TPU compiler (compile-only v5p, 8 chips) on two micro cases."""
+    """Closed form vs the TPU compiler (compile-only v5p, 8 chips) on a micro fsdp x tp case."""
     from jax.experimental import topologies
 
     from planner.validation import collective_report, compile_sharded_step
@@ -80,18 +89,18 @@ def tpu_collectives() -> list[dict]:
     opts = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
             "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
     out = []
-    for text in ("tp=8", "fsdp=4,tp=2"):
+    for text in ("fsdp=4,tp=2",):
         lay = Layout.parse(text)
         compiled, _ = compile_sharded_step(cfg, lay, batch_size=8, seq_len=32, devices=devices,
                                            compiler_options=opts)
-        rep = collective_report(cfg, lay, compiled, batch_size=8, seq_len=32, where="tpu-v5p:2x2x2",
+        rep = collective_report(cfg, lay, compiled.as_text(), batch_size=8, seq_len=32, where="tpu-v5p:2x2x2",
                                 platform="tpu")
         out.append(rep.to_json())
     return out
 
 
 if __name__ == "__main__":
-    result = {"equivalence": equivalence()}
+    result = {"equivalence": equivalence(layouts_of_8() if "--all" in sys.argv else TEST_LAYOUTS)}
     if "--tpu" in sys.argv:
         result["tpu"] = tpu_collectives()
     print("RESULT " + json.dumps(result))

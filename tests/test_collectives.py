@@ -43,7 +43,7 @@ def test_zero3_moves_one_and_a_half_times_data_parallel():
     # Rajbhandari et al. 2020, Sec. 7.2.2: ZeRO-3 sends 3 Psi (all-gather forward, all-gather
     # backward, reduce-scatter) against data parallelism's 2 Psi all-reduce: 1.5x.
     cfg = LLAMA
-    fsdp = collectives(cfg, Layout(fsdp=64), batch_size=64, seq_len=512, dtype="bf16", regather_last_mlp=True)
+    fsdp = collectives(cfg, Layout(fsdp=64), batch_size=64, seq_len=512, dtype="bf16", keep_last_gathered=())
     dp = collectives(cfg, Layout(dp=64), batch_size=64, seq_len=512, dtype="bf16")
     wire = lambda cs: sum(c.total_wire_bytes for c in cs if c.component in MATRICES)  # noqa: E731
     assert wire(fsdp) / wire(dp) == pytest.approx(1.5, rel=1e-12)
@@ -53,7 +53,7 @@ def test_fsdp_gathers_three_times_the_weights_on_tpu_and_two_on_gpu():
     cfg = TransformerConfig(vocab_size=256, d_model=128, n_layers=4, n_heads=8, d_ff=512, seq_len=64,
                             mlp="swiglu", norm="rmsnorm", position="rope", bias=False, tied_embeddings=False)
     weights = 2 * sum(4 * 128 * 128 + 3 * 128 * 512 for _ in range(4))  # bf16 layer matrices
-    tpu = collectives(cfg, Layout(fsdp=8), batch_size=8, dtype="bf16", regather_last_mlp=True)
+    tpu = collectives(cfg, Layout(fsdp=8), batch_size=8, dtype="bf16", keep_last_gathered=())
     gpu = collectives(cfg, Layout(fsdp=8), batch_size=8, dtype="bf16", gather_in_backward=False)
     assert sum(c.total_bytes for c in tpu if c.component in MATRICES) == 3 * weights
     assert sum(c.total_bytes for c in gpu if c.component in MATRICES) == 2 * weights

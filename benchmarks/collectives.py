@@ -50,7 +50,8 @@ def grid() -> list[tuple[str, TransformerConfig, str, int, int]]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", default="tpu-v5p:2x2x2")
-    ap.add_argument("--only", type=int, default=None)
+    ap.add_argument("--only", type=int, default=None, help="run one row of the grid")
+    ap.add_argument("--start", type=int, default=0, help="skip the first rows")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--windowed", action="store_true")
     args = ap.parse_args(argv)
@@ -66,6 +67,7 @@ def main(argv=None) -> int:
     rows = grid()
     if args.only is not None:
         rows = [rows[args.only]]
+    rows = rows[args.start:]
     worst = 0.0
     print(f"{'model':<11} {'layout':<36} {'axis':<8} {'closed form':>12} {'compiled':>12} {'err %':>7} "
           f"{'wire err %':>10}  kinds (compiled)")

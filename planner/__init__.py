@@ -26,16 +26,22 @@ from planner.flops import (
     forward_matmuls,
     step_matmuls,
 )
+from planner.collectives import Collective, bytes_per_axis, collectives
 from planner.laws import LAWS, FitResult, ScalingLaw, fit_scaling_law, get_law, load_runs_csv
 from planner.memory import MemoryEstimate, estimate_memory, kv_cache_bytes
 from planner.params import PARAM_COMPONENTS, ParamCount, count_params, param_components
 from planner.search import DEFAULT_BASE, Plan, deepseek_batch_tokens, frontier, inference_aware, plan
 from planner.timing import ComponentTime, StepTime, roofline
-from planner.validation import ValidationReport, default_grid, validate
+from planner.validation import CollectiveReport, ValidationReport, default_grid, validate, validate_layout
 
 __all__ = [
     "__version__",
     "Layout",
+    "Collective",
+    "CollectiveReport",
+    "bytes_per_axis",
+    "collectives",
+    "validate_layout",
     "CONVENTIONS",
     "FLOP_COMPONENTS",
     "FlopCount",

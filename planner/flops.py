@@ -136,8 +136,8 @@ def per_device_dot_flops(cfg: TransformerConfig, layout, *, batch_size, seq_len=
 
     The batch is split over dp x fsdp, the queries' sequence over cp (keys and values are
     gathered: each device scores its t / cp queries against all t keys), the heads, the MLP
-    width and the vocabulary over tp (a vocabulary tp does not divide is padded, as XLA pads
-    it), the layers over pp. FSDP and sequence parallelism move data, not matmul work (Shoeybi
+    width and the vocabulary over tp (a vocabulary tp does not divide stays whole, as
+    `models.sharding` keeps it), the layers over pp. FSDP and sequence parallelism move data, not matmul work (Shoeybi
     et al. 2019 Sec. 3; Korthikanti et al. 2022 Sec. 4.2.2). The backward does two products
     per forward matmul (`backward_matmuls`).
     """
@@ -155,7 +155,9 @@ def per_device_dot_flops(cfg: TransformerConfig, layout, *, batch_size, seq_len=
     per_layer = 2 * tokens * d * (qw + 2 * kvw) + 2 * tokens * qw * d
     per_layer += 2 * tokens * d * ff * (3 if cfg.gated else 2)
     per_layer += 2 * 2 * b * heads * t * t_all * hd  # scores and values
-    total = layers * per_layer + 2 * tokens * d * div(cfg.vocab_size, tp)
+    # the vocabulary is split only where tp divides it (models.sharding keeps it whole otherwise)
+    vocab = cfg.vocab_size if exact and cfg.vocab_size % tp else div(cfg.vocab_size, tp)
+    total = layers * per_layer + 2 * tokens * d * vocab
     factor = {"forward": 1, "backward": 2, "train": 3}[mode]
     return factor * total
 

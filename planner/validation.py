@@ -194,6 +194,13 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
     """
     if layout is None and (target is not None or devices is not None):
         raise ValueError("target= and devices= validate a sharded step: give layout= too (e.g. 'fsdp=4,tp=2')")
+    if layout is not None:  # bad layouts fail before any compile
+        from models.layout import Layout
+
+        layout = Layout.parse(layout) if isinstance(layout, str) else layout
+        layout.check(cfg, batch_size=batch_size, seq_len=cfg.seq_len if seq_len is None else seq_len)
+        if (target is None) == (devices is None):
+            raise ValueError("give layout= with exactly one of target= (a TPU slice) or devices= (N CPU devices)")
     if not isinstance(mode, str) or mode not in VALIDATE_MODES:
         raise ValueError(f"mode={mode!r}: unknown; valid: {', '.join(VALIDATE_MODES)}")
     if not isinstance(stage, str) or stage not in STAGES:
@@ -364,7 +371,10 @@ class CollectiveReport:
     def ok(self) -> bool:
         """Every mesh axis within `COLLECTIVE_TOLERANCE` (bytes per device per step), or within
         `COLLECTIVE_SLACK_BYTES` (the compiler may split the loss's scalar all-reduce over
-        its axes, or merge it, as it likes)."""
+        its axes, or merge it, as it likes). On the CPU mesh, whose collectives are not the
+        accelerators' (f32, all-reduces), the per-device dot FLOPs exact instead."""
+        if self.where.startswith("cpu"):
+            return self.dot_flops[1] is not None and self.dot_flops[1] == self.dot_flops[0]
         return all(r.within for r in self.rows.values())
 
     @property

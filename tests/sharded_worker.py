@@ -71,9 +71,15 @@ def equivalence(layouts=TEST_LAYOUTS) -> list[dict]:
                    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
         n_sharded = sum(1 for leaf in jax.tree.leaves(params)
                         if not leaf.sharding.is_fully_replicated)
+        # per-device matmul FLOPs of the partitioned program against the closed form
+        from planner.flops import per_device_dot_flops
+        from planner.hlo import parse_hlo
+
+        text = step.lower(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:]).compile().as_text()
+        dots = (parse_hlo(text).dot_flops, per_device_dot_flops(cfg, lay, batch_size=8, seq_len=16))
         print(text, f"{time.time() - t0:.1f}s", file=sys.stderr, flush=True)
         rows.append({"layout": text, "loss": float(loss), "ref_loss": float(ref_loss), "param_diff": diff,
-                     "sharded_params": n_sharded})
+                     "sharded_params": n_sharded, "dots": dots})
     return rows
 
 

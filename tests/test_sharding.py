@@ -42,6 +42,7 @@ def test_sharded_steps_match_the_single_device_step(worker):
     for r in rows:
         assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-5), r
         assert r["param_diff"] < 2e-6, r
+        assert r["dots"][0] == r["dots"][1], r  # per-device dot FLOPs exact (planner.flops)
     by = {r["layout"]: r for r in rows}
     assert by["dp=2,cp=4"]["sharded_params"] == 0  # replicated state
     assert by["fsdp=8"]["sharded_params"] > 0 and by["tp=8"]["sharded_params"] > 0
@@ -104,3 +105,12 @@ def test_mesh_needs_as_many_devices_as_the_layout():
 
         lower_sharded_step(presets.get("tiny-gpt"), Layout(pp=2), batch_size=2, seq_len=8,
                            devices=jax.devices()[:1] * 2)
+
+
+def test_cli_validate_layout_needs_a_compiler(cli):
+    code, _, err = cli("validate", "--preset", "tiny-llama", "--target", "tpu-v5p:2x2x2")
+    assert code == 2 and "give --layout too" in err
+    code, _, err = cli("validate", "--preset", "tiny-llama", "--layout", "fsdp=4,tp=2")
+    assert code == 2 and "--target" in err and "--devices" in err
+    code, _, err = cli("validate", "--preset", "tiny-llama", "--layout", "tp=3", "--devices", "3")
+    assert code == 2 and "n_heads=4 is not divisible by tp=3" in err

@@ -96,7 +96,7 @@ def param_specs(params, layout: Layout, rules: dict[str, tuple[str, ...]] = RULE
     metadata); a parameter without names is replicated."""
     def spec(var):
         names = var.get_metadata().get("out_sharding") or ()
-        return logical_to_spec(tuple(names), layout, tuple(np.shape(var.value)), rules)
+        return logical_to_spec(tuple(names), layout, tuple(np.shape(var.get_value())), rules)
 
     from flax import nnx
 

@@ -80,7 +80,7 @@ def test_every_parameter_of_the_model_has_logical_axes():
         _, params = nnx.split(abstract_model(cfg, scan_layers=scan), nnx.Param)
         for path, var in nnx.to_flat_state(params):
             names = var.get_metadata().get("out_sharding")
-            assert names and len(names) <= var.value.ndim, path
+            assert names and len(names) <= len(var.get_value().shape), path
         specs = param_specs(params, Layout(fsdp=2, tp=2))
         assert any("tp" in str(s) for s in __import__("jax").tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)))
 

@@ -78,7 +78,8 @@ def equivalence(layouts=TEST_LAYOUTS) -> list[dict]:
 
         hlo_text = compiled.as_text()
         dots = (parse_hlo(hlo_text).dot_flops, per_device_dot_flops(cfg, lay, batch_size=8, seq_len=16))
-        print(text, f"{time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+        print(f"{text}: loss {float(loss):.7f} (1 device {float(ref_loss):.7f}), max |dparam| {diff:.2e}, "
+              f"dots {dots[0]} / {dots[1]}, {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
         rows.append({"layout": text, "loss": float(loss), "ref_loss": float(ref_loss), "param_diff": diff,
                      "sharded_params": n_sharded, "dots": dots})
     return rows

@@ -27,6 +27,7 @@ from planner.flops import (
     recompute_flops,
     step_matmuls,
 )
+from planner.collectives import Collective, bytes_per_axis, collectives
 from planner.laws import LAWS, FitResult, ScalingLaw, fit_scaling_law, get_law, load_dataset, load_runs_csv
 from planner.memory import MemoryEstimate, estimate_memory, kv_cache_bytes
 from planner.params import PARAM_COMPONENTS, ParamCount, count_params, param_components
@@ -41,12 +42,24 @@ from planner.targets import (
     compile_model,
     parse_target,
 )
-from planner.validation import ValidationReport, default_grid, validate
-from planner.validation import MemoryReport, ValidationReport, default_grid, validate, validate_memory
+from planner.validation import (
+    CollectiveReport,
+    MemoryReport,
+    ValidationReport,
+    default_grid,
+    validate,
+    validate_layout,
+    validate_memory,
+)
 
 __all__ = [
     "__version__",
     "Layout",
+    "Collective",
+    "CollectiveReport",
+    "bytes_per_axis",
+    "collectives",
+    "validate_layout",
     "CONVENTIONS",
     "FLOP_COMPONENTS",
     "FlopCount",

@@ -383,16 +383,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.scan and cfg.n_layers > 64:
         print(f"note: lowering {cfg.n_layers} unrolled layers takes about 0.1-0.2 s each; --scan lowers one "
               "layer body in seconds and checks the same closed form", file=sys.stderr)
-    if args.target is not None:
-        return _validate_target(args, cfg)
-    if args.layout is not None:
-        raise UsageError("--layout needs --target (a compile-only TPU or GPU target to shard over)")
-    r = validate(cfg, batch_size=_batch(args), seq_len=args.seq, mode=args.mode or "forward",
-                 stage=args.stage, scan_layers=args.scan)
+    if args.devices and not args.layout:
+        raise UsageError("--devices checks a sharded step: give --layout too (e.g. fsdp=4,tp=2)")
+    layout = _layout_arg(args.layout) if args.layout else None
+    if args.target is not None and not args.devices:
+        from planner.targets import unsupported_layout_fields
+
+        if layout is None or not unsupported_layout_fields(layout):
+            return _validate_target(args, cfg)
+    if layout is not None and bool(args.target) == bool(args.devices):
+        raise UsageError("with --layout give one of --target (e.g. tpu-v5p:2x2x2) or --devices N (a CPU mesh)")
+    try:
+        r = validate(cfg, batch_size=_batch(args), seq_len=args.seq, mode=args.mode or "forward",
+                     stage=args.stage, scan_layers=args.scan, layout=layout, target=args.target,
+                     devices=args.devices)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.json:
         print(json.dumps({"preset": args.preset, **r.to_json()}, indent=2))
     else:
         print(_validation_text(args.preset or "custom config", r))
+        if r.collectives is not None:
+            print("\n" + _collectives_text(r.collectives))
     return 0 if r.ok else 1
 
 
@@ -451,6 +463,38 @@ def _validate_target(args: argparse.Namespace, cfg) -> int:
     else:
         print(_target_validation_text(args.preset or "custom config", v))
     return 0 if v.ok else 1
+
+
+def _layout_arg(text: str):
+    from models.layout import Layout
+
+    try:
+        return Layout.parse(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _collectives_text(rep) -> str:
+    """The per-axis table of a `planner.validation.CollectiveReport`."""
+    lines = [f"collectives of one training step, {rep.layout.to_string()} on {rep.where} "
+             f"(batch {rep.batch_size} x {rep.seq_len}), bytes per device:"]
+    rows = []
+    for axis, r in rep.rows.items():
+        kinds = ", ".join(f"{k} {human(v, 'B')}" for k, v in sorted(r.compiled_kinds.items()))
+        rows.append((axis, f"{int(r.predicted):,}", f"{r.compiled:,}", f"{100 * r.rel_error:+.2f}%", kinds))
+    lines.append(table(("mesh axis", "closed form", "compiler", "error", "compiler's kinds"), rows, "lrrrl"))
+    pred, hlo = rep.dot_flops
+    lines.append(f"per-device dot FLOPs: closed form {int(pred):,}; compiler "
+                 + (f"{hlo:,} ({'exact' if hlo == pred else 'DIFF'})" if hlo is not None else "not readable here"))
+    if rep.memory:
+        lines.append("per-device memory (compiler): " + ", ".join(
+            f"{k.replace('_size_in_bytes', '')} {human(v, 'B')}" for k, v in rep.memory.items()))
+    lines.append("compiler behaviour assumed: " + ", ".join(f"{k}={v}" for k, v in rep.options.items()))
+    lines += [f"- {n}" for n in rep.notes]
+    rule = ("per-device dot FLOPs exact; CPU bytes are not the accelerators'" if rep.where.startswith("cpu")
+            else "every axis within 2%")
+    lines.append(f"verdict: {'OK' if rep.ok else 'OUTSIDE TOLERANCE'} ({rule})")
+    return "\n".join(lines)
 
 
 def _validate_grid(args: argparse.Namespace, grid) -> int:
@@ -952,8 +996,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=int, metavar="T", help="tokens per sequence (default: the config's seq_len)")
     p.add_argument("--scan", action="store_true", help="layers under nnx.scan (--grid: both ways by default)")
     p.add_argument("--target", metavar="T", help="compile-only for a real chip instead of XLA:CPU: "
-                   "tpu-v5p:2x2x1, tpu-v5e:4x4, tpu-v4:2x2x1, tpu-v6e:2x2, h100:8, a100-80gb:8 (mode default: train)")
-    p.add_argument("--layout", metavar="L", help="with --target: how the step is split, e.g. dp=4 (default: one device)")
+                   "tpu-v5p:2x2x1, tpu-v5e:4x4, tpu-v4:2x2x1, tpu-v6e:2x2, h100:8, a100-80gb:8 (mode default: "
+                   "train); with a sharded --layout, the slice whose collectives are checked")
+    p.add_argument("--layout", metavar="L", help="how the step is split: with --target, dp=N compiles the "
+                   "data-parallel step for the chip; a sharded layout (e.g. fsdp=4,tp=2) also checks the "
+                   "step's collectives, with --target or --devices")
+    p.add_argument("--devices", type=int, metavar="N", help="simulated CPU devices for --layout (a subprocess)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("hardware", help="the shipped hardware targets, with their sources")

@@ -64,6 +64,7 @@ class ValidationReport:
     components: dict[str, ComponentRow]
     notes: tuple[str, ...]
     unrolled_flops: Any  # the closed form of the whole program, every layer counted
+    collectives: Any = None  # a CollectiveReport, when validate() was given a layout
 
     @property
     def dots_exact(self) -> bool:
@@ -72,8 +73,10 @@ class ValidationReport:
     @property
     def ok(self) -> bool:
         """Lowered: dot FLOPs exact, total within 0.5%, transcendentals within 1%. Compiled:
-        dot FLOPs exact (XLA's optimiser rewrites elementwise work the closed form describes
+        dot FLOPs exact. With a layout, its collectives within tolerance too (compiled: dot FLOPs exact (XLA's optimiser rewrites elementwise work the closed form describes
         before optimisation; ``rel_error`` still says by how much)."""
+        if self.collectives is not None and not self.collectives.ok:
+            return False
         if self.stage == "compiled":
             return self.dots_exact
         return (self.dots_exact and abs(self.rel_error) <= FLOP_TOLERANCE
@@ -96,6 +99,7 @@ class ValidationReport:
             "components": {k: {"predicted": num(r.predicted), "predicted_dots": num(r.predicted_dots),
                                "hlo_dots": r.hlo_dots} for k, r in self.components.items()},
             "notes": list(self.notes),
+            **({"collectives": self.collectives.to_json()} if self.collectives is not None else {}),
         }
 
 
@@ -175,7 +179,7 @@ MAX_UNROLLED_LAYERS = 512
 
 def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None = None,
              mode: str = "forward", stage: str = "lowered", scan_layers: bool = False,
-             target=None, layout=None):
+             layout=None, target: str | None = None, devices: int | str | None = None):
     """Compare XLA's cost analysis of `models.Transformer` (or its training step) with the
     closed form, component by component.
 
@@ -187,23 +191,36 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
       stage: "lowered" (the unoptimised HLO, what the "xla" convention describes) or "compiled"
         (optimised for this backend; may fuse or simplify elementwise work).
       scan_layers: build the layers under ``nnx.scan`` (XLA then counts one layer's body).
-      target: a compile-only TPU or GPU target ("tpu-v5p:2x2x1", "h100:8"; planner.targets):
-        compile the optimised program for that chip instead of XLA:CPU's, in a subprocess.
-      layout: with ``target``, a `planner.Layout` (or its string, "dp=4") splitting the step.
+      target: a compile-only TPU or GPU target ("tpu-v5p:2x2x1", "h100:8"; planner.targets).
+        Without a layout, or with a data-parallel one ("dp=4"), the optimised program for that
+        chip is compiled in a subprocess and its per-device numbers are compared
+        (`planner.targets.validate_target`).
+      layout, devices: with a sharded `Layout` (or its string; fsdp, tp, cp, ...), compile the
+        sharded training step on ``target`` (a TPU slice) or ``devices`` (N simulated CPU devices)
+        and compare its collectives per mesh axis and its per-device dot FLOPs with the closed form
+        (`validate_layout`; the report's ``collectives``).
 
     Returns:
       A `ValidationReport`; with ``target``, a `planner.targets.TargetValidation` (the
       compiler's per-device numbers beside the closed form).
     """
-    if target is not None:
-        from planner.targets import validate_target
+    if layout is not None:  # bad layouts fail before any compile
+        from models.layout import Layout
 
-        if stage != "lowered":
-            raise ValueError(f"stage={stage!r}: with target= the optimised program is read; drop stage")
-        return validate_target(cfg, target, batch_size=batch_size, seq_len=seq_len, mode=mode,
-                               layout=layout, scan_layers=scan_layers)
-    if layout is not None:
-        raise ValueError("layout= needs target= (a compile-only TPU or GPU target to shard over)")
+        layout = Layout.parse(layout) if isinstance(layout, str) else layout
+        layout.check(cfg, batch_size=batch_size, seq_len=cfg.seq_len if seq_len is None else seq_len)
+    if target is not None and devices is None:
+        from planner.targets import unsupported_layout_fields, validate_target
+
+        if layout is None or not unsupported_layout_fields(layout):
+            if stage != "lowered":
+                raise ValueError(f"stage={stage!r}: with target= the optimised program is read; drop stage")
+            return validate_target(cfg, target, batch_size=batch_size, seq_len=seq_len, mode=mode,
+                                   layout=layout, scan_layers=scan_layers)
+    if layout is None and devices is not None:
+        raise ValueError("devices= validates a sharded step: give layout= too (e.g. 'fsdp=4,tp=2')")
+    if layout is not None and (target is None) == (devices is None):
+        raise ValueError("give layout= with exactly one of target= (a TPU slice) or devices= (N CPU devices)")
     if not isinstance(mode, str) or mode not in VALIDATE_MODES:
         raise ValueError(f"mode={mode!r}: unknown; valid: {', '.join(VALIDATE_MODES)}")
     if not isinstance(stage, str) or stage not in STAGES:
@@ -264,7 +281,12 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
                      "simplification change elementwise counts, the closed form describes the lowered program")
     notes.append("XLA reports float32 counts: totals above 2^24 are rounded to about 1e-7 relative")
 
+    coll = None
+    if layout is not None:
+        coll = validate_layout(cfg, layout, batch_size=batch_size, seq_len=seq_len, target=target,
+                               devices=devices)
     return ValidationReport(
+        collectives=coll,
         config=cfg, batch_size=batch_size, seq_len=seq_len, mode=mode, stage=stage, scan_layers=scan_layers,
         xla_flops=cost.flops, predicted_flops=predicted, rel_error=_rel(cost.flops, predicted),
         xla_dot_flops=hlo.dot_flops, predicted_dot_flops=predicted_dots,
@@ -399,3 +421,306 @@ def validate_memory(cfg: TransformerConfig, layout=None, *, batch_size: int = 1,
                         batch_size=batch_size, seq_len=seq_len, argument=int(m.argument_size_in_bytes),
                         temp=int(m.temp_size_in_bytes), output=int(m.output_size_in_bytes),
                         alias=int(m.alias_size_in_bytes), closed_form=estimate)
+# ----------------------------------------------------------------------------- collectives
+#: Relative tolerance of `CollectiveReport.ok`, per mesh axis, on bytes per device per step.
+COLLECTIVE_TOLERANCE = 0.02
+#: Absolute slack of `CollectiveReport.ok`: a few float32 scalars (the mean loss).
+COLLECTIVE_SLACK_BYTES = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisRow:
+    """One mesh axis: closed-form and compiled bytes per device per step, buffer and ring-wire
+    bytes, and the bytes per collective kind on each side."""
+
+    axis: str
+    predicted: Any
+    compiled: int
+    predicted_wire: Any
+    compiled_wire: float
+    predicted_kinds: dict[str, Any]
+    compiled_kinds: dict[str, int]
+
+    @property
+    def rel_error(self) -> float:
+        return _rel(self.compiled, self.predicted)
+
+    @property
+    def wire_rel_error(self) -> float:
+        return _rel(self.compiled_wire, self.predicted_wire)
+
+    @property
+    def within(self) -> bool:
+        diff = abs(self.compiled - float(self.predicted))
+        return diff <= COLLECTIVE_SLACK_BYTES or diff <= COLLECTIVE_TOLERANCE * abs(float(self.predicted))
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectiveReport:
+    """The collectives of one sharded training step: the closed form (`planner.collectives`)
+    against the partitioned program a compiler produced, per mesh axis.
+
+    ``where`` names the compiler (a target such as "tpu-v5p:2x2x2", or "cpu:8" for the
+    simulated CPU mesh); ``options`` the compiler behaviour the closed form assumed.
+    ``dot_flops`` is (closed form, compiled HLO) per-device matmul FLOPs, the HLO side None
+    where its dots are not readable (TPU writes them as convolutions); ``memory`` the
+    compiler's ``memory_analysis()`` per device (bytes), when it gives one.
+    """
+
+    config: TransformerConfig
+    layout: Any
+    batch_size: int
+    seq_len: int
+    where: str
+    options: dict[str, Any]
+    rows: dict[str, AxisRow]
+    predicted: tuple
+    compiled: tuple
+    dot_flops: tuple[Any, int | None]
+    memory: dict[str, int] | None
+    notes: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Every mesh axis within `COLLECTIVE_TOLERANCE` (bytes per device per step), or within
+        `COLLECTIVE_SLACK_BYTES` (the compiler may split the loss's scalar all-reduce over
+        its axes, or merge it, as it likes). On the CPU mesh, whose collectives are not the
+        accelerators' (f32, all-reduces), the per-device dot FLOPs exact instead."""
+        if self.where.startswith("cpu"):
+            return self.dot_flops[1] is not None and self.dot_flops[1] == self.dot_flops[0]
+        return all(r.within for r in self.rows.values())
+
+    @property
+    def max_rel_error(self) -> float:
+        """The largest |relative error| of an axis not within the byte slack."""
+        return max((abs(r.rel_error) for r in self.rows.values()
+                    if abs(r.compiled - r.predicted) > COLLECTIVE_SLACK_BYTES), default=0.0)
+
+    def to_json(self) -> dict:
+        num = lambda x: x if x is None or isinstance(x, int) else float(x)  # noqa: E731
+        return {
+            "config": dataclasses.asdict(self.config), "layout": self.layout.to_dict(),
+            "batch_size": self.batch_size, "seq_len": self.seq_len, "where": self.where,
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()},
+            "ok": self.ok,
+            "axes": {a: {"predicted_bytes": num(r.predicted), "compiled_bytes": r.compiled,
+                         "rel_error": r.rel_error, "predicted_wire_bytes": num(r.predicted_wire),
+                         "compiled_wire_bytes": r.compiled_wire,
+                         "predicted_kinds": {k: num(v) for k, v in r.predicted_kinds.items()},
+                         "compiled_kinds": r.compiled_kinds} for a, r in self.rows.items()},
+            "predicted": [c.to_dict() for c in self.predicted],
+            "compiled": [dict(c._asdict(), axes=c.axis_name) for c in self.compiled],
+            "dot_flops": {"predicted": num(self.dot_flops[0]), "compiled": self.dot_flops[1]},
+            "memory": self.memory, "notes": list(self.notes),
+        }
+
+
+#: The compiler behaviour the closed form assumes on each platform (planner.collectives options),
+#: as measured on compile-only targets (benchmarks/collectives.py).
+COMPILER_BEHAVIOUR: dict[str, dict[str, Any]] = {
+    "tpu": {"gather_in_backward": True, "grad_reduce": "reduce-scatter"},
+    "gpu": {"gather_in_backward": False, "grad_reduce": "reduce-scatter"},
+    "cpu": {"gather_in_backward": False, "grad_reduce": "all-reduce"},
+}
+
+
+def _hlo_wire(c) -> float:
+    g = c.group_size
+    if c.kind == "collective-permute":
+        return float(c.total_bytes)
+    if g <= 1:
+        return 0.0
+    return (2 if c.kind == "all-reduce" else 1) * (g - 1) / g * c.total_bytes
+
+
+def compare_collectives(predicted, compiled) -> dict[str, AxisRow]:
+    """Rows per mesh axis of closed-form `planner.collectives.Collective`s against
+    `planner.hlo.HloCollective`s (collectives over no axis of degree > 1 are dropped)."""
+    rows: dict[str, dict] = {}
+
+    def row(axis):
+        return rows.setdefault(axis, {"p": 0, "c": 0, "pw": 0, "cw": 0.0, "pk": {}, "ck": {}})
+
+    for c in predicted:
+        r = row(c.axis_name)
+        r["p"] += c.total_bytes
+        r["pw"] += c.total_wire_bytes
+        r["pk"][c.kind] = r["pk"].get(c.kind, 0) + c.total_bytes
+    for c in compiled:
+        if not c.axes:
+            continue
+        r = row(c.axis_name)
+        r["c"] += c.total_bytes
+        r["cw"] += _hlo_wire(c)
+        r["ck"][c.kind] = r["ck"].get(c.kind, 0) + c.total_bytes
+    return {a: AxisRow(a, r["p"], r["c"], r["pw"], r["cw"], r["pk"], r["ck"]) for a, r in sorted(rows.items())}
+
+
+def compile_sharded_step(cfg: TransformerConfig, layout, *, batch_size: int, seq_len: int, devices,
+                         dtype: str = "bf16", compiler_options: dict | None = None):
+    """Lower and compile the sharded training step (`models.sharding`) on ``devices`` (real,
+    simulated CPU, or compile-only target devices); returns (compiled, mesh)."""
+    from models.sharding import lower_sharded_step
+
+    jdtype = {"bf16": jnp.bfloat16, "fp32": jnp.float32, "fp16": jnp.float16}[dtype]
+    lowered, mesh = lower_sharded_step(cfg, layout, batch_size=batch_size, seq_len=seq_len,
+                                       devices=devices, dtype=jdtype)
+    compiled = lowered.compile(compiler_options) if compiler_options else lowered.compile()
+    return compiled, mesh
+
+
+def collective_report(cfg: TransformerConfig, layout, text: str, *, batch_size: int, seq_len: int,
+                      where: str, platform: str, dtype: str = "bf16", memory: dict | None = None,
+                      **options) -> CollectiveReport:
+    """Read a compiled sharded step's HLO text and compare its collectives with the closed form,
+    under ``platform``'s `COMPILER_BEHAVIOUR` (``options`` override it)."""
+    from models.layout import MESH_DEGREES
+    from planner.collectives import collectives
+    from planner.flops import per_device_dot_flops
+    from planner.hlo import parse_collectives
+
+    behaviour = {**COMPILER_BEHAVIOUR[platform], **options}
+    hlo = parse_collectives(text, {a: getattr(layout, a) for a in MESH_DEGREES})
+    pred = collectives(cfg, layout, batch_size=batch_size, seq_len=seq_len, dtype=dtype, **behaviour)
+    notes = []
+    unknown = [c for c in hlo if not c.trip_count_known]
+    if unknown:
+        notes.append(f"{len(unknown)} collective(s) in loops of unknown trip count, counted once")
+    if platform == "cpu":
+        notes.append("XLA:CPU upcasts bf16 collectives to f32 and replaces reduce-scatters with "
+                     "all-reduces: use the CPU mesh for numerics and dot FLOPs, the TPU/GPU targets for bytes")
+    if platform == "tpu":
+        notes.append("XLA:TPU writes dots as convolutions: per-device dot FLOPs are read on the CPU mesh "
+                     "(--devices 8)")
+    rows = compare_collectives(pred, hlo)
+    for r in rows.values():
+        if set(r.predicted_kinds) != set(r.compiled_kinds) and r.within:
+            notes.append(f"{r.axis}: same bytes, other kinds (closed form {sorted(r.predicted_kinds)}, compiler "
+                         f"{sorted(r.compiled_kinds)}): the compiler may run a reduce-scatter as an all-reduce "
+                         "and a slice, or gather a small array by all-reduce")
+    hlo_dots = parse_hlo(text).dot_flops if " dot(" in text else None
+    return CollectiveReport(cfg, layout, batch_size, seq_len, where, behaviour, rows, tuple(pred), tuple(hlo),
+                            (per_device_dot_flops(cfg, layout, batch_size=batch_size, seq_len=seq_len), hlo_dots),
+                            memory, tuple(notes))
+
+
+def _memory(compiled) -> dict | None:
+    try:
+        m = compiled.memory_analysis()
+        return {k: int(getattr(m, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
+                                                "temp_size_in_bytes", "alias_size_in_bytes")}
+    except Exception:  # noqa: BLE001 - some backends have none
+        return None
+
+
+#: What the TPU compiler is told for every collective check: no windowed einsums (collective
+#: matmuls), which turn a gather or reduce-scatter beside a matmul into a loop of permutes.
+TPU_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+               "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+
+
+def _compile_where(cfg, layout, *, batch_size, seq_len, target, devices, dtype):
+    """(HLO text, memory, where, platform) of the sharded step on a TPU target or on this
+    process's devices ("local")."""
+    import os
+
+    if target is not None:
+        chip, _, shape = str(target).partition(":")
+        if not chip.startswith("tpu-") or not shape:
+            raise ValueError(f"target={target!r}: give a TPU slice such as tpu-v5p:2x2x2 (GPU targets: "
+                             "planner.targets)")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        from jax.experimental import topologies
+
+        try:
+            devs = topologies.get_topology_desc(f"{chip[4:]}:{shape}", "tpu").devices
+        except Exception as e:  # noqa: BLE001 - libtpu's own error
+            raise ValueError(f"target={target!r}: the TPU compiler cannot describe it ({e})") from None
+        if len(devs) != layout.chips:
+            raise ValueError(f"target {target} has {len(devs)} chips, layout {layout.to_string()} needs "
+                             f"{layout.chips}; change the degrees or the slice")
+        compiled, _ = compile_sharded_step(cfg, layout, batch_size=batch_size, seq_len=seq_len, devices=devs,
+                                           dtype=dtype, compiler_options=TPU_OPTIONS)
+        return compiled.as_text(), _memory(compiled), str(target), "tpu"
+    devs = jax.devices()[: layout.chips]
+    if len(devs) < layout.chips:
+        raise ValueError(f"layout {layout.to_string()} needs {layout.chips} devices, this process has "
+                         f"{len(jax.devices())}; use devices={layout.chips} (a simulated CPU mesh)")
+    compiled, _ = compile_sharded_step(cfg, layout, batch_size=batch_size, seq_len=seq_len, devices=devs,
+                                       dtype=dtype)
+    return compiled.as_text(), _memory(compiled), f"{jax.default_backend()}:{layout.chips}", jax.default_backend()
+
+
+def validate_layout(cfg: TransformerConfig, layout, *, batch_size: int, seq_len: int | None = None,
+                    target: str | None = None, devices: int | str | None = None, dtype: str = "bf16",
+                    **options) -> CollectiveReport:
+    """The collectives of the sharded training step on a compiler, against `planner.collectives`.
+
+    Args:
+      cfg, layout: the model and its `Layout` (pp = 1: the model has no pipeline stages).
+      batch_size, seq_len: the global batch (seq_len None = cfg.seq_len).
+      target: a compile-only TPU slice ("tpu-v5p:2x2x2"; its chips = layout.chips).
+      devices: an int N runs a simulated CPU mesh of N devices in a subprocess (the XLA flag
+        must be set before JAX starts); "local" uses this process's devices.
+      dtype: compute dtype ("bf16" default; parameters stay float32).
+      options: override the closed form's compiler behaviour (`COMPILER_BEHAVIOUR`).
+    """
+    from models.layout import Layout
+
+    if isinstance(layout, str):
+        layout = Layout.parse(layout)
+    if (target is None) == (devices is None):
+        raise ValueError("give exactly one of target= (a TPU slice, e.g. 'tpu-v5p:2x2x2') or devices= "
+                         "(an int: a simulated CPU mesh)")
+    seq_len = cfg.seq_len if seq_len is None else seq_len
+    layout.check(cfg, batch_size=batch_size, seq_len=seq_len)
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        if devices != layout.chips:
+            raise ValueError(f"devices={devices}: layout {layout.to_string()} needs {layout.chips}")
+        text, memory, platform = _cpu_mesh_subprocess(cfg, layout, batch_size, seq_len, devices, dtype)
+        where = f"cpu:{devices}"
+    elif devices not in (None, "local"):
+        raise ValueError(f"devices={devices!r}: an int (simulated CPU devices) or 'local'")
+    else:
+        text, memory, where, platform = _compile_where(cfg, layout, batch_size=batch_size, seq_len=seq_len,
+                                                       target=target, devices=devices, dtype=dtype)
+    if platform not in COMPILER_BEHAVIOUR:
+        platform = "gpu"
+    return collective_report(cfg, layout, text, batch_size=batch_size, seq_len=seq_len, where=where,
+                             platform=platform, dtype=dtype, memory=memory, **options)
+
+
+def _cpu_mesh_subprocess(cfg, layout, batch_size, seq_len, n, dtype):
+    """Compile the sharded step on N simulated CPU devices in a fresh interpreter; returns
+    (HLO text, memory, "cpu")."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import json, sys\n"
+        "from models.config import TransformerConfig\n"
+        "from models.layout import Layout\n"
+        "from planner.validation import _compile_where\n"
+        "a = json.load(open(sys.argv[1]))\n"
+        "text, mem, _, _ = _compile_where(TransformerConfig(**a['cfg']), Layout(**a['layout']), "
+        "batch_size=a['b'], seq_len=a['t'], target=None, devices='local', dtype=a['dtype'])\n"
+        "open(sys.argv[2], 'w').write(json.dumps({'text': text, 'memory': mem}))\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        args, out = Path(tmp) / "args.json", Path(tmp) / "out.json"
+        args.write_text(json.dumps({"cfg": dataclasses.asdict(cfg), "layout": layout.to_dict(), "b": batch_size,
+                                    "t": seq_len, "dtype": dtype}))
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu",
+                   ALLOW_MULTIPLE_LIBTPU_LOAD="1",
+                   PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+        run = subprocess.run([sys.executable, "-c", code, str(args), str(out)], env=env, capture_output=True,
+                             text=True, timeout=1800)
+        if run.returncode:
+            raise ValueError(f"the {n}-device CPU compile failed: {run.stderr.strip().splitlines()[-1:]}")
+        data = json.loads(out.read_text())
+    return data["text"], data["memory"], "cpu"

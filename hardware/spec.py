@@ -91,6 +91,9 @@ class Spec:
         "peak_flops.<dtype>" for each peak. A "peak_flops.<dtype>" entry for a dtype the chip
         does not list may say why it is absent.
       aliases: other names `hardware.get` accepts (case-insensitive).
+      network: how the chips are networked beyond the two bandwidths above, as
+        `hardware.network` reads it (tier kinds, latencies, torus shape); each number in it has
+        its source under "network.<key>" in `sources`. Empty = derived from the fields above.
     """
 
     name: str
@@ -103,6 +106,7 @@ class Spec:
     inter_node_bandwidth: float
     sources: dict[str, str]
     aliases: tuple[str, ...] = ()
+    network: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -145,6 +149,11 @@ class Spec:
         set_("aliases", tuple(aliases))
 
         set_("sources", _check_sources(who, self.sources, peaks))
+        if not isinstance(self.network, dict):
+            raise ValueError(f"{who}: network must be a table (see hardware.network), got {self.network!r}")
+        from hardware.network import check_network_table
+
+        check_network_table(who, self.network, self.sources)
 
     @staticmethod
     def required_sources(peak_flops: dict[str, Any]) -> tuple[str, ...]:
@@ -179,6 +188,7 @@ class Spec:
             self.name, tuple(sorted(self.peak_flops.items())), self.hbm_bytes, self.hbm_bandwidth,
             self.interconnect, self.interconnect_bandwidth, self.domain_size,
             self.inter_node_bandwidth, tuple(sorted(self.sources.items())), self.aliases,
+            tuple(sorted((k, str(v)) for k, v in self.network.items())),
         ))
 
 
@@ -197,7 +207,7 @@ def _check_sources(who: str, sources: Any, peaks: dict[str, float]) -> dict[str,
             )
     allowed = set(NUMERIC_FIELDS) | {f"peak_flops.{d}" for d in DTYPES}
     for key, text in sources.items():
-        if key not in allowed:
+        if key not in allowed and not key.startswith("network."):
             raise ValueError(
                 f"{who}: sources has unknown key {key!r}; valid keys: {', '.join(sorted(allowed))}"
             )
@@ -211,7 +221,8 @@ def _check_sources(who: str, sources: Any, peaks: dict[str, float]) -> dict[str,
 # and one [sources] table), so no dependency is needed.
 
 _TOP_FIELDS = tuple(f.name for f in dataclasses.fields(Spec))
-_REQUIRED = tuple(f.name for f in dataclasses.fields(Spec) if f.default is dataclasses.MISSING)
+_REQUIRED = tuple(f.name for f in dataclasses.fields(Spec)
+                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
 
 
 def from_toml(text: str, where: str = "<string>") -> Spec:
@@ -277,6 +288,19 @@ def to_toml(spec: Spec) -> str:
     lines += [f"{f} = {_toml_float(getattr(spec, f))}" for f in FLOAT_FIELDS]
     lines += [f"domain_size = {spec.domain_size}", "", "[peak_flops]"]
     lines += [f"{d} = {_toml_float(v)}" for d, v in spec.peak_flops.items()]
+    if spec.network:
+        lines += ["", "[network]"]
+        for k, v in spec.network.items():
+            if isinstance(v, str):
+                lines.append(f"{k} = {_toml_str(v)}")
+            elif isinstance(v, bool):
+                lines.append(f"{k} = {str(v).lower()}")
+            elif isinstance(v, list | tuple):
+                lines.append(f"{k} = [{', '.join(str(int(x)) for x in v)}]")
+            elif isinstance(v, int):
+                lines.append(f"{k} = {v}")
+            else:
+                lines.append(f"{k} = {_toml_float(float(v))}")
     lines += ["", "[sources]"]
     lines += [f"{_toml_str(k)} = {_toml_str(v)}" for k, v in spec.sources.items()]
     return "\n".join(lines) + "\n"

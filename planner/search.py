@@ -90,6 +90,7 @@ class Plan(NamedTuple):
     convention: str
     law: ScalingLaw
     budget: float
+    layout: Any = None  # hardware budgets: the best layout's `planner.layouts.LayoutResult`
 
 
 def inference_aware(law: ScalingLaw, target_loss: float, inference_tokens: float, *,
@@ -256,6 +257,8 @@ def _starts(s: _Setup) -> jnp.ndarray:
 def _candidates(s: _Setup, d_cont: float, l_cont: float, ratio: float, *, multiple: int, head_dims,
                 ff_multiple: int) -> list[TransformerConfig]:
     """Hardware-friendly shapes around a continuous optimum."""
+    if s.hw is not None and d_cont >= 2048:
+        multiple = max(multiple, 512)  # heads a multiple of 8 (4 at head_dim 128): tp up to 8 divides them
     if s.fixed_d_model is not None:
         ds = [s.fixed_d_model]
     else:
@@ -299,28 +302,44 @@ def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, ma
     if s.hw is None:
         steps = int(budget // step_flops) if isinstance(step_flops, int) else int(math.floor(budget / float(step_flops)))
     else:
-        from planner.memory import estimate_memory
-
-        step_time, mfu = _hw_step(s, cfg, batch_size)
-        steps = int(math.floor(budget / step_time))
-        # State sharded over the chips (FSDP / ZeRO-3), as runs of this size are trained.
-        # Gradient accumulation: the largest micro-batch (a divisor of the per-chip batch) whose
-        # memory fits; the step's FLOPs and roofline time are those of the whole batch.
-        local = batch_size // s.chips
-        for micro in _divisors(local)[::-1]:
-            mem = float(estimate_memory(cfg, batch_size=micro * s.chips, seq_len=t, chips=s.chips,
-                                        dtype=s.dtype, shard_state=True).total)
-            if max_memory is None or mem <= max_memory:
-                break
-        else:
+        # The best layout of this shape on the chips (planner.layouts): the fastest valid mesh,
+        # micro-batch and recomputation whose memory fits.
+        best = _best_layout(s, cfg, batch_size, max_memory)
+        if best is None:
             return None
-        out.update(step_time=step_time, mfu=mfu, memory=mem, micro_batch=micro)
+        step_time, mfu = best.step_time, best.mfu
+        if s.mfu is not None:
+            step_time, mfu = _hw_step(s, cfg, batch_size)
+        steps = int(math.floor(budget / step_time))
+        out.update(step_time=step_time, mfu=mfu, memory=best.memory_per_chip, micro_batch=best.layout.micro_batch,
+                   layout=best)
     if steps < 1:
         return None
     tokens = steps * batch_size * t
     out.update(steps=steps, tokens=tokens, flops=steps * step_flops,
                loss=float(s.law.loss(float(n), float(tokens))), cfg=cfg)
     return out
+
+
+def slices_for(spec, chips: int) -> int:
+    """TPU slices needed for ``chips`` chips: the fewest that divide them and fit the pod (1 on GPUs)."""
+    if not spec.interconnect.startswith("ici") or chips <= spec.domain_size:
+        return 1
+    return next(k for k in range(math.ceil(chips / spec.domain_size), chips + 1)
+                if chips % k == 0 and chips // k <= spec.domain_size)
+
+
+def _best_layout(s: _Setup, cfg: TransformerConfig, batch_size: int, max_memory):
+    from planner.layouts import search_layouts
+
+    try:
+        res = search_layouts(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=cfg.seq_len,
+                             dtype=s.dtype, top=1, slices=slices_for(s.hw, s.chips),
+                             tp_overlap=s.hw.interconnect.startswith("ici"), remat=("none", "selective", "full"),
+                             attention=("flash",), max_memory_per_chip=max_memory)
+    except ValueError:
+        return None
+    return res.best[0]
 
 
 def _inference(s: _Setup, best: dict, inference_tokens) -> dict | None:
@@ -564,5 +583,6 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
                         "tokens": float(d_tok), "loss": float(loss_c)},
             step_time=step_time, mfu=mfu_out, days=days_out, memory_per_chip=memory,
             micro_batch=best["micro_batch"], inference=_inference(s, best, inference_tokens), convention=s.convention, law=s.law, budget=budget,
+            layout=best.get("layout"),
         ))
     return plans

@@ -377,8 +377,9 @@ def _memory_per_chip(cfg, local, x, mb, s_loc, p_chip, opt_share, m):
     states = p_chip * 2 * pb + p_chip / opt_share * (8 + 4 * x["master"])
     act_name = {1: "bf16", 2: "bf16", 4: "fp32"}
     full = activation_bytes_per_layer(local, mb, s_loc, dtype="bf16") * x["act_bytes"] / 2
-    scores = 3 * mb * local.n_heads * s_loc * s_loc * x["cp"] * x["act_bytes"]
-    no_scores = full - scores
+    own = 3 * mb * local.n_heads * s_loc * s_loc * x["act_bytes"]  # the scores `full` counts
+    no_scores = full - own
+    full = full + own * (x["cp"] - 1)  # with cp, local queries attend to the whole sequence
     sp = jnp.where(x["sp"], x["tp"], 1.0)
     kept = jnp.select([x["remat"] == 3, (x["remat"] == 1) | (x["flash"] == 1), x["remat"] == 2],
                       [mb * s_loc * cfg.d_model * x["act_bytes"] / sp, no_scores, no_scores * 0.6], full)

@@ -418,7 +418,7 @@ def cmd_layout(args: argparse.Namespace) -> int:
     rows = []
     for r in res.best:
         e = r.exposed_comm
-        rows.append((r.layout.to_string().replace(f",dtype={args.dtype}", "").replace("dtype=bf16,", ""),
+        rows.append((r.layout.to_string(),
                      f"{r.step_time:.3f}", f"{100 * r.mfu:.1f}%", f"{r.bubble_time:.3f}",
                      f"{sum(e.values()):.3f}", human(r.memory_per_chip, "B")))
     print(table(("layout", "step s", "MFU", "bubble s", "exposed comm s", "memory/chip"), rows, "lrrrrr"))

@@ -12,6 +12,7 @@ or with ``scan_layers=True`` one stacked block run under ``nnx.scan`` (one compi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.config import TransformerConfig
+from models.sharding import constrain
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -46,10 +48,23 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 scope = jax.named_scope  # tags ops with a FLOP component name; costs nothing
 
 
+def axes(*names: str | None) -> dict:
+    """Parameter metadata naming its logical axes (NNX's sharding metadata, not applied at
+    creation: `models.sharding` maps the names to mesh axes for a layout)."""
+    return {"out_sharding": names, "eager_sharding": False}
+
+
+def _linear(n_in: int, n_out: int, in_axis: str, out_axis: str, *, bias: bool, dtype, rngs) -> nnx.Linear:
+    return nnx.Linear(n_in, n_out, use_bias=bias, dtype=dtype, rngs=rngs,
+                      kernel_metadata=axes(in_axis, out_axis), bias_metadata=axes(out_axis))
+
+
 def _norm(cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype) -> nnx.Module:
+    meta = axes("norm")
     if cfg.norm == "layernorm":
-        return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, use_bias=cfg.bias, dtype=dtype, rngs=rngs)
-    return nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
+        return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, use_bias=cfg.bias, dtype=dtype, rngs=rngs,
+                             scale_metadata=meta, bias_metadata=meta)
+    return nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs, scale_metadata=meta)
 
 
 class Attention(nnx.Module):
@@ -59,11 +74,11 @@ class Attention(nnx.Module):
         h, kv, hd = cfg.n_heads, cfg.resolved_n_kv_heads, cfg.resolved_head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = h, kv, hd
         qkv_bias = cfg.resolved_qkv_bias
-        lin = lambda i, o, b: nnx.Linear(i, o, use_bias=b, dtype=dtype, rngs=rngs)  # noqa: E731
-        self.q = lin(cfg.d_model, h * hd, qkv_bias)
-        self.k = lin(cfg.d_model, kv * hd, qkv_bias)
-        self.v = lin(cfg.d_model, kv * hd, qkv_bias)
-        self.o = lin(h * hd, cfg.d_model, cfg.bias)
+        lin = functools.partial(_linear, dtype=dtype, rngs=rngs)
+        self.q = lin(cfg.d_model, h * hd, "embed", "heads", bias=qkv_bias)
+        self.k = lin(cfg.d_model, kv * hd, "embed", "kv_heads", bias=qkv_bias)
+        self.v = lin(cfg.d_model, kv * hd, "embed", "kv_heads", bias=qkv_bias)
+        self.o = lin(h * hd, cfg.d_model, "heads", "embed", bias=cfg.bias)
 
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
         b, t, _ = x.shape
@@ -80,6 +95,9 @@ class Attention(nnx.Module):
         if rope is not None:
             with scope("rope"):
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        # On a mesh (models.sharding): queries keep their sequence shard, keys and values are
+        # gathered over the context-parallel axis. Outside a mesh these are no-ops.
+        q, k, v = constrain(q, "query"), constrain(k, "kv"), constrain(v, "kv")
         with scope("attn_scores"):
             scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (1.0 / math.sqrt(hd))
             causal = jnp.tril(jnp.ones((t, t), dtype=bool))
@@ -97,10 +115,10 @@ class MLP(nnx.Module):
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.kind = cfg.mlp
-        lin = lambda i, o: nnx.Linear(i, o, use_bias=cfg.bias, dtype=dtype, rngs=rngs)  # noqa: E731
-        self.up = lin(cfg.d_model, cfg.d_ff)
-        self.gate = lin(cfg.d_model, cfg.d_ff) if cfg.gated else None
-        self.down = lin(cfg.d_ff, cfg.d_model)
+        lin = functools.partial(_linear, bias=cfg.bias, dtype=dtype, rngs=rngs)
+        self.up = lin(cfg.d_model, cfg.d_ff, "embed", "mlp")
+        self.gate = lin(cfg.d_model, cfg.d_ff, "embed", "mlp") if cfg.gated else None
+        self.down = lin(cfg.d_ff, cfg.d_model, "mlp", "embed")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         with scope("mlp_in"):
@@ -130,15 +148,15 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
         with scope("norms"):
-            h = self.attn_norm(x)
+            h = constrain(self.attn_norm(x), "block_input")
         h = self.attn(h, rope)
         with scope("residual"):
-            x = x + h
+            x = constrain(x + h, "residual")
         with scope("norms"):
-            h = self.mlp_norm(x)
+            h = constrain(self.mlp_norm(x), "block_input")
         h = self.mlp(h)
         with scope("residual"):
-            return x + h
+            return constrain(x + h, "residual")
 
 
 class Transformer(nnx.Module):
@@ -164,9 +182,11 @@ class Transformer(nnx.Module):
             raise ValueError("Transformer needs integer sizes; got a relaxed (array) config")
         self.cfg = cfg
         self.scan_layers = scan_layers
-        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, rngs=rngs)
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, rngs=rngs,
+                               embedding_metadata=axes("vocab", "embed"))
         self.pos_embed = (
-            nnx.Embed(cfg.seq_len, cfg.d_model, dtype=dtype, rngs=rngs)
+            nnx.Embed(cfg.seq_len, cfg.d_model, dtype=dtype, rngs=rngs,
+                      embedding_metadata=axes("position", "embed"))
             if cfg.position == "learned" else None
         )
         if scan_layers:
@@ -181,7 +201,7 @@ class Transformer(nnx.Module):
         self.final_norm = _norm(cfg, rngs=rngs, dtype=dtype)
         self.head = (
             None if cfg.tied_embeddings
-            else nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype, rngs=rngs)
+            else _linear(cfg.d_model, cfg.vocab_size, "embed", "vocab", bias=False, dtype=dtype, rngs=rngs)
         )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -193,11 +213,16 @@ class Transformer(nnx.Module):
                 "position table; pass at most seq_len tokens"
             )
         with scope("embedding"):
-            x = self.embed(tokens)
+            # nnx.Embed's lookup, with the table pinned whole over the data axes on a mesh
+            # (models.sharding: gathered over fsdp, split over tp only by vocabulary).
+            table = self.embed.embedding[...]
+            table = constrain(table if self.embed.dtype is None else table.astype(self.embed.dtype), "table")
+            x = jnp.take(table, tokens, axis=0)
             if cfg.embed_scale:
                 x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)
             if self.pos_embed is not None:
                 x = x + self.pos_embed.embedding[...][:t].astype(x.dtype)
+            x = constrain(x, "residual")
         rope = None
         if cfg.position == "rope":
             # Constants of the step: stop_gradient keeps the scanned backward from summing
@@ -218,4 +243,5 @@ class Transformer(nnx.Module):
         with scope("norms"):
             x = self.final_norm(x)
         with scope("logits"):
-            return self.embed.attend(x) if self.head is None else self.head(x)
+            logits = (jnp.dot(x, table.T.astype(x.dtype)) if self.head is None else self.head(x))
+            return constrain(logits, "logits")

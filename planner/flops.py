@@ -131,6 +131,35 @@ def step_matmuls(cfg: TransformerConfig, batch_size, seq_len, mode: str) -> dict
     return out
 
 
+def per_device_dot_flops(cfg: TransformerConfig, layout, *, batch_size, seq_len=None, mode: str = "train"):
+    """Matmul FLOPs (2 m n p, "fma") one device runs in a step under a `models.Layout`.
+
+    The batch is split over dp x fsdp, the queries' sequence over cp (keys and values are
+    gathered: each device scores its t / cp queries against all t keys), the heads, the MLP
+    width and the vocabulary over tp (a vocabulary tp does not divide is padded, as XLA pads
+    it), the layers over pp. FSDP and sequence parallelism move data, not matmul work (Shoeybi
+    et al. 2019 Sec. 3; Korthikanti et al. 2022 Sec. 4.2.2). The backward does two products
+    per forward matmul (`backward_matmuls`).
+    """
+    seq_len = cfg.seq_len if seq_len is None else seq_len
+    cfg, batch_size, seq_len = promote(cfg, batch_size, seq_len)
+    exact = isinstance(batch_size, int) and not cfg.relaxed
+    div = (lambda n, g: -(-n // g)) if exact else (lambda n, g: n / g)  # noqa: E731
+    b, t, t_all = div(batch_size, layout.dp * layout.fsdp), div(seq_len, layout.cp), seq_len
+    layers, tp = div(cfg.n_layers, layout.pp), layout.tp
+    d, hd = cfg.d_model, cfg.resolved_head_dim
+    heads = div(cfg.n_heads, tp)
+    qw, kvw = heads * hd, div(cfg.resolved_n_kv_heads, tp) * hd
+    ff = div(cfg.d_ff, tp)
+    tokens = b * t
+    per_layer = 2 * tokens * d * (qw + 2 * kvw) + 2 * tokens * qw * d
+    per_layer += 2 * tokens * d * ff * (3 if cfg.gated else 2)
+    per_layer += 2 * 2 * b * heads * t * t_all * hd  # scores and values
+    total = layers * per_layer + 2 * tokens * d * div(cfg.vocab_size, tp)
+    factor = {"forward": 1, "backward": 2, "train": 3}[mode]
+    return factor * total
+
+
 def _matmul_convention(cost: Callable[[Matmul], Any]):
     def count(cfg, batch_size, seq_len, mode, causal):
         comps = _zeros()

@@ -197,3 +197,274 @@ def parse_hlo(text: str) -> HloSummary:
             dots.append(Dot(2 * math.prod(out) * k, tag, comp, comp in in_loop, name))
     return HloSummary(dots, n_while, custom, remat)
 
+
+
+# ----------------------------------------------------------------------------- collectives
+#: HLO opcodes of collectives (the async "-start" forms are read, their "-done" skipped).
+COLLECTIVE_OPCODES = {
+    "all-gather": "all-gather", "all-gather-start": "all-gather",
+    "reduce-scatter": "reduce-scatter", "reduce-scatter-start": "reduce-scatter",
+    "all-reduce": "all-reduce", "all-reduce-start": "all-reduce",
+    "all-to-all": "all-to-all", "ragged-all-to-all": "all-to-all",
+    "collective-permute": "collective-permute", "collective-permute-start": "collective-permute",
+}
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+
+
+class HloCollective(NamedTuple):
+    """One collective instruction of a compiled, partitioned HLO module.
+
+    ``bytes`` follows `planner.collectives.Collective`: the all-gather's result, the
+    reduce-scatter's operand, the all-reduce's, all-to-all's and permute's operand (tuple
+    operands summed; a combined collective is one instruction). ``count`` is how many times it
+    runs per step: the product of the trip counts of the while loops around it.
+    ``axes`` names the mesh axes its groups span (``None`` when no mesh was given)."""
+
+    kind: str
+    opcode: str
+    bytes: int
+    count: int
+    group_size: int
+    axes: tuple[str, ...] | None
+    dtype: str
+    op_name: str
+    computation: str
+    trip_count_known: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return self.bytes * self.count
+
+    @property
+    def axis_name(self) -> str:
+        return "+".join(self.axes) if self.axes else "?"
+
+
+def _type_bytes(type_str: str) -> tuple[int, str]:
+    """Bytes and (first) dtype of an HLO type: 'bf16[2,3]{1,0}' or a tuple '(f32[2], s32[])'."""
+    total, first = 0, ""
+    for m in re.finditer(r"\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,]*)\]", type_str):
+        dt, dims = m.group(1), m.group(2)
+        size = _DTYPE_BYTES.get(dt, 1 if dt.startswith("f8") else None)
+        if size is None:
+            continue
+        first = first or dt
+        total += size * math.prod(int(x) for x in dims.split(",") if x)
+    return total, first
+
+
+def _iota_groups(text: str) -> list[list[int]] | None:
+    """'[2,4]<=[8]' or '[4,2]<=[2,4]T(1,0)': XLA's iota replica-group list (IotaReplicaGroupList,
+    xla/hlo/ir/collective_device_list.h): reshape iota(prod) to the dims after '<=', transpose
+    by T(...), reshape to [groups, group_size]."""
+    import numpy as np
+
+    m = re.match(r"\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", text)
+    if not m:
+        return None
+    out_shape = [int(x) for x in m.group(1).split(",")]
+    dims = [int(x) for x in m.group(2).split(",")]
+    ids = np.arange(math.prod(dims)).reshape(dims)
+    if m.group(3):
+        ids = ids.transpose([int(x) for x in m.group(3).split(",")])
+    return ids.reshape(out_shape[0], -1).tolist()
+
+
+def _mesh_groups(text: str) -> list[list[int]] | None:
+    """"mesh['axis_0'=4,'axis_1'=2] {'axis_0'}": the device iota laid out on that mesh, one group
+    per combination of the axes not listed (the listed axes vary inside a group)."""
+    import numpy as np
+
+    m = re.match(r"mesh\[([^\]]*)\]\s*(?:<=\[[\d,]+\](?:T\([\d,]+\))?\s*)?\{([^}]*)\}", text)
+    if not m:
+        return None
+    names, sizes = [], []
+    for item in m.group(1).split(","):
+        name, _, size = item.partition("=")
+        names.append(name.strip().strip("'\""))
+        sizes.append(int(size))
+    grouped = [g.strip().strip("'\"") for g in m.group(2).split(",") if g.strip()]
+    ids = np.arange(math.prod(sizes)).reshape(sizes)
+    keep = [i for i, n in enumerate(names) if n not in grouped]
+    moved = ids.transpose(keep + [names.index(g) for g in grouped])
+    size = math.prod(sizes[names.index(g)] for g in grouped)
+    return moved.reshape(-1, size).tolist()
+
+
+def replica_groups(attrs: str) -> list[list[int]] | None:
+    """The replica groups of a collective's attributes, in any of XLA's printed forms: explicit
+    ``{{0,1},{2,3}}``, iota ``[2,4]<=[8]`` / ``[4,2]<=[2,4]T(1,0)``, and the mesh form
+    ``mesh['axis_0'=4,'axis_1'=2] {'axis_0'}``; for a permute, its source-target pairs.
+    None: all devices in one group (``replica_groups={}``)."""
+    m = re.search(r"source_target_pairs=\{(.*?)\}\}", attrs)
+    if m:
+        return [[int(x) for x in p.split(",")] for p in re.findall(r"\{(\d+,\d+)", m.group(1) + "}")]
+    m = re.search(r"replica_groups=(.*)", attrs)
+    if not m:
+        return None
+    rest = m.group(1)
+    if rest.startswith("mesh["):
+        return _mesh_groups(rest)
+    if rest.startswith("["):
+        return _iota_groups(rest)
+    if rest.startswith("{}"):
+        return None
+    m = re.match(r"\{((?:\{[\d,]*\},?)*)\}", rest)
+    if not m:
+        return None
+    return [[int(x) for x in g.split(",") if x] for g in re.findall(r"\{([\d,]*)\}", m.group(1))]
+
+
+def group_axes(groups: list[list[int]] | None, mesh_shape: dict[str, int], *, permute: bool = False
+               ) -> tuple[tuple[str, ...], int]:
+    """Mesh axes a collective's groups span, and its group size. Device ids are positions in
+    the mesh (row-major over ``mesh_shape``: the partition ids of an SPMD program). For a permute
+    the axes are those on which a source and its target differ."""
+    import numpy as np
+
+    names = list(mesh_shape)
+    shape = [mesh_shape[n] for n in names]
+    n_dev = math.prod(shape)
+    if groups is None:
+        groups = [list(range(n_dev))]
+    varying: set[int] = set()
+    for g in groups:
+        coords = np.array([np.unravel_index(i, shape) for i in g if i < n_dev])
+        if len(coords) > 1:
+            varying.update(int(j) for j in np.nonzero((coords != coords[0]).any(axis=0))[0])
+    axes = tuple(names[j] for j in sorted(varying) if shape[j] > 1)
+    size = 2 if permute else max(len(g) for g in groups)
+    if permute:
+        size = math.prod(mesh_shape[a] for a in axes) if axes else 1
+    return axes, size
+
+
+_CALLEE = re.compile(r"\b(to_apply|calls|body|condition|branch_computations)=(?:\{([^}]*)\}|(%?[\w.\-]+))")
+
+
+def _trip_count(line: str, computations: dict[str, list[str]]) -> int | None:
+    m = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+    if m:
+        return int(m.group(1))
+    m = re.search(r"\bcondition=%?([\w.\-]+)", line)
+    if not m:
+        return None
+    # the loop condition of lax.scan / fori_loop: compare(i, constant(N)), direction=LT
+    body = "\n".join(computations.get(m.group(1), []))
+    if re.search(r"direction=LT", body):
+        consts = [int(c) for c in re.findall(r"s32\[\]\S* constant\((\d+)\)", body)]
+        if consts:
+            return max(consts)
+    return None
+
+
+def _split_computations(text: str) -> tuple[dict[str, list[str]], str | None]:
+    computations: dict[str, list[str]] = {}
+    current, entry = None, None
+    for line in text.splitlines():
+        if current is None:
+            m = _HEADER.match(line)
+            if m and not line.lstrip().startswith("HloModule"):
+                current = m.group(2)
+                computations[current] = []
+                if m.group(1):
+                    entry = current
+            continue
+        if line.strip() == "}":
+            current = None
+            continue
+        computations[current].append(line)
+    return computations, entry
+
+
+def parse_collectives(text: str, mesh_shape: dict[str, int] | None = None) -> list[HloCollective]:
+    """The collectives of a compiled (SPMD-partitioned) HLO module, with how often each runs.
+
+    Reads every collective instruction: async ``-start`` ops (their ``-done`` skipped), combined
+    (tuple) collectives as one instruction with their operands' bytes summed, and collectives
+    inside while loops, counted times the loop's trip count (``known_trip_count`` in the
+    backend config, else the ``i < N`` of its condition; 1 and ``trip_count_known=False`` when
+    neither is there). An all-reduce inside an ``all-reduce-scatter`` fusion (XLA:TPU's
+    reduce-scatter: all-reduce, then each device keeps its slice) counts as a reduce-scatter.
+    With ``mesh_shape`` (axis -> degree, in mesh order) each is mapped to the mesh axes its
+    replica groups span.
+    """
+    computations, entry = _split_computations(text)
+    # how many times each computation runs per step: walk the call graph from the entry
+    edges: dict[str, list[tuple[str, int | None, str]]] = {c: [] for c in computations}
+    for comp, lines in computations.items():
+        for line in lines:
+            is_while = re.search(r"\swhile\(", line) is not None
+            trip = _trip_count(line, computations) if is_while else 1
+            for m in _CALLEE.finditer(line):
+                key, names = m.group(1), m.group(2) or m.group(3)
+                if is_while and key == "condition":
+                    continue  # a loop condition holds no collectives
+                for callee in re.split(r"\s*,\s*", names.strip()):
+                    callee = callee.lstrip("%")
+                    kind = "fusion-rs" if callee.startswith("all-reduce-scatter") else ""
+                    edges[comp].append((callee, trip if is_while else 1, kind))
+    mult: dict[str, int] = {}
+    known: dict[str, bool] = {}
+    rs_comps: set[str] = set()
+    order = [entry] if entry else list(computations)[-1:]
+    for root in order:
+        mult[root], known[root] = 1, True
+    stack = list(order)
+    while stack:
+        c = stack.pop()
+        for callee, trip, kind in edges.get(c, ()):
+            if callee not in computations:
+                continue
+            if kind:
+                rs_comps.add(callee)
+            mult[callee] = mult.get(callee, 0) + mult[c] * (trip or 1)
+            known[callee] = known.get(callee, True) and known[c] and trip is not None
+            stack.append(callee)
+
+    out: list[HloCollective] = []
+    for comp, lines in computations.items():
+        if comp not in mult:
+            continue
+        types: dict[str, str] = {}
+        for line in lines:
+            m = _INSTR.match(line)
+            if not m:
+                continue
+            type_str, call = _split_type(m.group(2))
+            types[m.group(1)] = type_str
+            opcode = call.partition("(")[0].strip()
+            if opcode not in COLLECTIVE_OPCODES:
+                continue
+            kind = COLLECTIVE_OPCODES[opcode]
+            _, ops, attrs = _operands(re.sub(r"/\*.*?\*/", "", call))
+            nbytes, dtype = 0, ""
+            for op in ops:
+                b, dt = _type_bytes(types.get(op, ""))
+                nbytes += b
+                dtype = dtype or dt
+            if not ops or nbytes == 0:
+                nbytes, dtype = _type_bytes(type_str)
+            groups = replica_groups(attrs)
+            permute = kind == "collective-permute"
+            if mesh_shape:
+                axes, size = group_axes(groups, mesh_shape, permute=permute)
+            else:
+                axes, size = None, (max(len(g) for g in groups) if groups and not permute else 0)
+            if kind == "all-gather":
+                nbytes *= size  # the result: every member's operand
+            if kind == "all-reduce" and comp in rs_comps:
+                kind = "reduce-scatter"
+            name = (_OP_NAME.search(line) or [None, ""])[1]
+            out.append(HloCollective(kind, opcode, nbytes, mult[comp], size, axes, dtype, name, comp,
+                                     known.get(comp, False)))
+    return out
+
+
+def collective_bytes_per_axis(colls: list[HloCollective]) -> dict[str, int]:
+    """Total buffer bytes per step per mesh axis ("fsdp", "dp+cp", ...)."""
+    out: dict[str, int] = {}
+    for c in colls:
+        out[c.axis_name] = out.get(c.axis_name, 0) + c.total_bytes
+    return out

@@ -283,3 +283,171 @@ def default_grid() -> list[tuple[str, TransformerConfig, int, int]]:
                     grid.append((label, cfg, 1 + i % 2, 8 + 4 * (i % 3)))
                     i += 1
     return grid
+
+
+# ----------------------------------------------------------------------------- collectives
+#: Relative tolerance of `CollectiveReport.ok`, per mesh axis, on bytes per device per step.
+COLLECTIVE_TOLERANCE = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisRow:
+    """One mesh axis: closed-form and compiled bytes per device per step, buffer and ring-wire
+    bytes, and the bytes per collective kind on each side."""
+
+    axis: str
+    predicted: Any
+    compiled: int
+    predicted_wire: Any
+    compiled_wire: float
+    predicted_kinds: dict[str, Any]
+    compiled_kinds: dict[str, int]
+
+    @property
+    def rel_error(self) -> float:
+        return _rel(self.compiled, self.predicted)
+
+    @property
+    def wire_rel_error(self) -> float:
+        return _rel(self.compiled_wire, self.predicted_wire)
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectiveReport:
+    """The collectives of one sharded training step: the closed form (`planner.collectives`)
+    against the partitioned program a compiler produced, per mesh axis.
+
+    ``where`` names the compiler (a target such as "tpu-v5p:2x2x2", or "cpu:8" for the
+    simulated CPU mesh); ``options`` the compiler behaviour the closed form assumed.
+    ``dot_flops`` is (closed form, compiled HLO) per-device matmul FLOPs, the HLO side None
+    where its dots are not readable (TPU writes them as convolutions); ``memory`` the
+    compiler's ``memory_analysis()`` per device (bytes), when it gives one.
+    """
+
+    config: TransformerConfig
+    layout: Any
+    batch_size: int
+    seq_len: int
+    where: str
+    options: dict[str, Any]
+    rows: dict[str, AxisRow]
+    predicted: tuple
+    compiled: tuple
+    dot_flops: tuple[Any, int | None]
+    memory: dict[str, int] | None
+    notes: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Every mesh axis within `COLLECTIVE_TOLERANCE` (bytes per device per step)."""
+        return all(abs(r.rel_error) <= COLLECTIVE_TOLERANCE for r in self.rows.values())
+
+    @property
+    def max_rel_error(self) -> float:
+        return max((abs(r.rel_error) for r in self.rows.values()), default=0.0)
+
+    def to_json(self) -> dict:
+        num = lambda x: x if x is None or isinstance(x, int) else float(x)  # noqa: E731
+        return {
+            "config": dataclasses.asdict(self.config), "layout": self.layout.to_dict(),
+            "batch_size": self.batch_size, "seq_len": self.seq_len, "where": self.where,
+            "options": dict(self.options), "ok": self.ok,
+            "axes": {a: {"predicted_bytes": num(r.predicted), "compiled_bytes": r.compiled,
+                         "rel_error": r.rel_error, "predicted_wire_bytes": num(r.predicted_wire),
+                         "compiled_wire_bytes": r.compiled_wire,
+                         "predicted_kinds": {k: num(v) for k, v in r.predicted_kinds.items()},
+                         "compiled_kinds": r.compiled_kinds} for a, r in self.rows.items()},
+            "predicted": [c.to_dict() for c in self.predicted],
+            "compiled": [dict(c._asdict(), axes=c.axis_name) for c in self.compiled],
+            "dot_flops": {"predicted": num(self.dot_flops[0]), "compiled": self.dot_flops[1]},
+            "memory": self.memory, "notes": list(self.notes),
+        }
+
+
+#: The compiler behaviour the closed form assumes on each platform (planner.collectives options),
+#: as measured on compile-only targets (benchmarks/collectives.py).
+COMPILER_BEHAVIOUR: dict[str, dict[str, Any]] = {
+    "tpu": {"gather_in_backward": True, "grad_reduce": "reduce-scatter", "regather_last_mlp": False},
+    "gpu": {"gather_in_backward": False, "grad_reduce": "reduce-scatter", "regather_last_mlp": False},
+    "cpu": {"gather_in_backward": False, "grad_reduce": "all-reduce", "regather_last_mlp": False},
+}
+
+
+def _hlo_wire(c) -> float:
+    g = c.group_size
+    if c.kind == "collective-permute":
+        return float(c.total_bytes)
+    if g <= 1:
+        return 0.0
+    return (2 if c.kind == "all-reduce" else 1) * (g - 1) / g * c.total_bytes
+
+
+def compare_collectives(predicted, compiled) -> dict[str, AxisRow]:
+    """Rows per mesh axis of closed-form `planner.collectives.Collective`s against
+    `planner.hlo.HloCollective`s (collectives over no axis of degree > 1 are dropped)."""
+    rows: dict[str, dict] = {}
+
+    def row(axis):
+        return rows.setdefault(axis, {"p": 0, "c": 0, "pw": 0, "cw": 0.0, "pk": {}, "ck": {}})
+
+    for c in predicted:
+        r = row(c.axis_name)
+        r["p"] += c.total_bytes
+        r["pw"] += c.total_wire_bytes
+        r["pk"][c.kind] = r["pk"].get(c.kind, 0) + c.total_bytes
+    for c in compiled:
+        if not c.axes:
+            continue
+        r = row(c.axis_name)
+        r["c"] += c.total_bytes
+        r["cw"] += _hlo_wire(c)
+        r["ck"][c.kind] = r["ck"].get(c.kind, 0) + c.total_bytes
+    return {a: AxisRow(a, r["p"], r["c"], r["pw"], r["cw"], r["pk"], r["ck"]) for a, r in sorted(rows.items())}
+
+
+def compile_sharded_step(cfg: TransformerConfig, layout, *, batch_size: int, seq_len: int, devices,
+                         dtype: str = "bf16", compiler_options: dict | None = None):
+    """Lower and compile the sharded training step (`models.sharding`) on ``devices`` (real,
+    simulated CPU, or compile-only target devices); returns (compiled, mesh)."""
+    from models.sharding import lower_sharded_step
+
+    jdtype = {"bf16": jnp.bfloat16, "fp32": jnp.float32, "fp16": jnp.float16}[dtype]
+    lowered, mesh = lower_sharded_step(cfg, layout, batch_size=batch_size, seq_len=seq_len,
+                                       devices=devices, dtype=jdtype)
+    compiled = lowered.compile(compiler_options) if compiler_options else lowered.compile()
+    return compiled, mesh
+
+
+def collective_report(cfg: TransformerConfig, layout, compiled, *, batch_size: int, seq_len: int,
+                      where: str, platform: str, dtype: str = "bf16", **options) -> CollectiveReport:
+    """Read a compiled sharded step's collectives and compare them with the closed form, under
+    ``platform``'s `COMPILER_BEHAVIOUR` (``options`` override it)."""
+    from models.layout import MESH_DEGREES
+    from planner.collectives import collectives
+    from planner.hlo import parse_collectives
+
+    behaviour = {**COMPILER_BEHAVIOUR[platform], **options}
+    text = compiled.as_text()
+    hlo = parse_collectives(text, {a: getattr(layout, a) for a in MESH_DEGREES})
+    pred = collectives(cfg, layout, batch_size=batch_size, seq_len=seq_len, dtype=dtype, **behaviour)
+    notes = []
+    unknown = [c for c in hlo if not c.trip_count_known]
+    if unknown:
+        notes.append(f"{len(unknown)} collective(s) in loops of unknown trip count, counted once")
+    if platform == "cpu":
+        notes.append("XLA:CPU upcasts bf16 reductions to f32 and replaces reduce-scatters with "
+                     "all-reduces: use the CPU mesh for numerics, the TPU/GPU targets for bytes")
+    hlo_dots = parse_hlo(text).dot_flops if " dot(" in text else None
+    mem = None
+    try:
+        m = compiled.memory_analysis()
+        mem = {k: int(getattr(m, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
+                                                "temp_size_in_bytes", "alias_size_in_bytes")}
+    except Exception:  # noqa: BLE001 - some backends give none
+        mem = None
+    from planner.flops import per_device_dot_flops
+
+    return CollectiveReport(cfg, layout, batch_size, seq_len, where, behaviour,
+                            compare_collectives(pred, hlo), tuple(pred), tuple(hlo),
+                            (per_device_dot_flops(cfg, layout, batch_size=batch_size, seq_len=seq_len), hlo_dots),
+                            mem, tuple(notes))

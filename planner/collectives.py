@@ -1,0 +1,414 @@
+"""The collectives of one training step under a `Layout`, in closed form.
+
+`collectives` lists every collective a step of `models.Transformer` runs on one device when
+`models.sharding` places it on a mesh: its kind, the mesh axis (or axes) it runs over, the
+group size, the bytes of the buffer and how many times per step. Pure arithmetic on the
+config's numbers, like the FLOP counts: exact ints from Python ints, differentiable floats from
+a relaxed config (the group sizes are the layout's ints; only the sizes vary).
+
+What each parallelism sends (b = sequences per micro-batch per data replica, t = seq_len / cp,
+d = d_model, e = bytes of the compute dtype; L = n_layers / pp layers on one device):
+
+- FSDP (ZeRO-3; Rajbhandari et al. 2020, Sec. 5.3): every weight is all-gathered over ``fsdp``
+  before its forward use and, with ``gather_in_backward``, again before its backward use (the
+  compiler frees the gathered copy between them); its gradient is reduce-scattered over
+  ``fsdp``. The embedding lookup needs no table in the backward, and the output head (tied or
+  untied) keeps its gathered copy: its backward follows its forward at once.
+- DP: the gradient of every parameter is all-reduced over the data axes it is replicated on
+  (``dp``, and ``cp``, whose shards saw different tokens); ZeRO-1 (``optimizer_sharding``)
+  reduce-scatters it over ``dp`` and all-gathers the updated parameters (Megatron's
+  distributed optimizer).
+- TP (Shoeybi et al. 2019, Sec. 3, their f and g operators): per layer an all-reduce of the
+  (b, t, d) activations after ``attn_out`` and after ``mlp_out`` in the forward, and of the
+  input gradients of q/k/v and of ``mlp_in`` in the backward: 4 per layer. With
+  ``sequence_parallel`` (Korthikanti et al. 2022, Sec. 4.2.2) each all-reduce becomes an
+  all-gather before and a reduce-scatter after the layer's tensor-parallel part: 4 all-gathers
+  and 4 reduce-scatters per layer, each of the full (b, t, d) buffer. The vocabulary is split
+  over ``tp`` too: the embedding lookup all-reduces (or reduce-scatters) its output, the loss
+  all-reduces its max, its sum of exponentials and the label's logit over the vocabulary
+  ((b, t) each, in the logits' dtype), and the head's input gradient is all-reduced.
+- CP: the keys and values of every layer are all-gathered over ``cp`` ((b, seq_len, kv x hd /
+  tp) each), and their gradients all-reduced in the backward (XLA's transpose of the gather:
+  the whole gradient reduced, each device keeping its slice); or with
+  ``cp_attention="ring"`` passed around a ring, cp - 1 collective-permutes of each shard
+  (Liu et al. 2023, "Ring Attention"; the backward sends keys, values and their gradients).
+- PP: one collective-permute of the (b, t, d) activations per micro-batch and virtual stage in
+  the forward, and of its gradient in the backward (Narayanan et al. 2021); a device holds
+  n_layers / pp layers, so the per-layer collectives above count L = n_layers / pp.
+
+Bytes are those of the HLO buffer the op is printed with: the all-gather's result, the
+reduce-scatter's operand (the unscattered buffer), the all-reduce's operand, the permute's
+operand. Sizes that do not divide a degree are padded, as XLA pads them (ceiling division).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from models.config import TransformerConfig, check_size, is_relaxed
+from models.layout import Layout
+from models.sharding import mesh_axes
+from planner.memory import DTYPE_BYTES
+from planner.params import promote
+
+KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+PHASES = ("forward", "backward", "optimizer")
+GRAD_REDUCE = ("reduce-scatter", "all-reduce")
+CP_ATTENTION = ("all-gather", "ring")
+COLLECTIVE_MODES = ("train", "forward")
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    """One collective of a step, on one device.
+
+    Attributes:
+      kind: one of `KINDS`.
+      axis: the mesh axis it runs over ("fsdp", "tp", "dp", "cp", "pp"), or a tuple of axes
+        for one collective over several (its group is their product).
+      group_size: devices in its group.
+      bytes: bytes of the buffer per device per occurrence, as the HLO op shows it: the
+        all-gather's result, the reduce-scatter's operand, the all-reduce's operand, the
+        all-to-all's operand, the collective-permute's operand.
+      count: occurrences per step.
+      component: what it serves (a parameter or FLOP component: "mlp_in", "attn_out",
+        "embedding", "qkv", "kv", "loss", "pipeline", ...).
+      phase: "forward", "backward" or "optimizer".
+      dtype: the dtype of the buffer.
+      purpose: "weights" (FSDP/ZeRO gathers), "gradients", or "activations".
+    """
+
+    kind: str
+    axis: str | tuple[str, ...]
+    group_size: int
+    bytes: Any
+    count: Any
+    component: str
+    phase: str
+    dtype: str
+    purpose: str
+
+    @property
+    def wire_bytes(self) -> Any:
+        """Bytes one device sends per occurrence with a ring (bandwidth-optimal) algorithm:
+        (g-1)/g x bytes for all-gather, reduce-scatter and all-to-all, 2 (g-1)/g x bytes for
+        all-reduce (a reduce-scatter then an all-gather), the whole buffer for a permute
+        (Thakur et al. 2005; Patarasuk & Yuan 2009)."""
+        g = self.group_size
+        if self.kind == "collective-permute":
+            return self.bytes
+        factor = 2 if self.kind == "all-reduce" else 1
+        return factor * (g - 1) * self.bytes / g
+
+    @property
+    def total_bytes(self) -> Any:
+        return self.bytes * self.count
+
+    @property
+    def total_wire_bytes(self) -> Any:
+        return self.wire_bytes * self.count
+
+    @property
+    def axis_name(self) -> str:
+        """The axis as one string: "fsdp", or "dp+cp" for a collective over several."""
+        return self.axis if isinstance(self.axis, str) else "+".join(self.axis)
+
+    def to_dict(self) -> dict[str, Any]:
+        num = lambda x: x if isinstance(x, int) else float(x)  # noqa: E731
+        return {"kind": self.kind, "axis": self.axis_name, "group_size": self.group_size,
+                "bytes": num(self.bytes), "count": num(self.count), "component": self.component,
+                "phase": self.phase, "dtype": self.dtype, "purpose": self.purpose,
+                "wire_bytes": num(self.wire_bytes), "total_bytes": num(self.total_bytes)}
+
+
+def bytes_per_axis(colls: list[Collective], *, wire: bool = False) -> dict[str, Any]:
+    """Total bytes per step per mesh axis ("fsdp", "tp", "dp+cp", ...): buffer bytes x count
+    (``wire=True``: the ring algorithm's bytes sent per device)."""
+    out: dict[str, Any] = {}
+    for c in colls:
+        out[c.axis_name] = out.get(c.axis_name, 0) + (c.total_wire_bytes if wire else c.total_bytes)
+    return out
+
+
+def bytes_per_kind(colls: list[Collective]) -> dict[tuple[str, str], Any]:
+    """Total buffer bytes per step per (axis, kind)."""
+    out: dict[tuple[str, str], Any] = {}
+    for c in colls:
+        key = (c.axis_name, c.kind)
+        out[key] = out.get(key, 0) + c.total_bytes
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+def _div(n, g: int):
+    """n / g: the ceiling for ints (XLA pads a dimension a degree does not divide), a float
+    division for relaxed sizes."""
+    if g == 1:
+        return n
+    if isinstance(n, int):
+        return -(-n // g)
+    return n / g
+
+
+def _dtype(name: str, value: str) -> int:
+    if not isinstance(value, str) or value not in DTYPE_BYTES:
+        raise ValueError(f"{name}={value!r}: unknown dtype; valid: {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[value]
+
+
+def _choice(name: str, value, valid: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"{name}={value!r}: unknown; valid: {', '.join(valid)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Param:
+    """One parameter (per layer for layer parameters): its component, its logical axes with
+    their sizes, how many copies a device holds (layers), whether the compiler gathers it again
+    for the backward pass, and whether it acts on the sequence-parallel residual stream."""
+
+    component: str
+    shape: tuple  # ((logical axis, size), ...)
+    copies: Any
+    backward_use: bool
+    on_residual: bool
+
+
+def parameters(cfg: TransformerConfig, layers) -> list[_Param]:
+    """The parameters of `models.Transformer` with the logical axes it annotates them with
+    (models.transformer, models.sharding.RULES)."""
+    d, ff, v = cfg.d_model, cfg.d_ff, cfg.vocab_size
+    hd = cfg.resolved_head_dim
+    qw, kvw = cfg.n_heads * hd, cfg.resolved_n_kv_heads * hd
+    ps = [_Param("embedding", (("vocab", v), ("embed", d)), 1, False, False)]
+    if cfg.position == "learned":
+        ps.append(_Param("position", (("position", cfg.seq_len), ("embed", d)), 1, False, True))
+    norm = [(("norm", d),)] * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
+    qkv_bias, bias = cfg.resolved_qkv_bias, cfg.bias
+    for s in norm * 2:
+        ps.append(_Param("norms", s, layers, False, True))
+    for name, width, axis in (("q", qw, "heads"), ("k", kvw, "kv_heads"), ("v", kvw, "kv_heads")):
+        ps.append(_Param(name, (("embed", d), (axis, width)), layers, True, False))
+        if qkv_bias:
+            ps.append(_Param(name, ((axis, width),), layers, False, False))
+    ps.append(_Param("attn_out", (("heads", qw), ("embed", d)), layers, True, False))
+    if bias:
+        ps.append(_Param("attn_out", (("embed", d),), layers, False, True))
+    for name in ("mlp_in", "mlp_gate") if cfg.gated else ("mlp_in",):
+        ps.append(_Param(name, (("embed", d), ("mlp", ff)), layers, True, False))
+        if bias:
+            ps.append(_Param(name, (("mlp", ff),), layers, False, False))
+    ps.append(_Param("mlp_out", (("mlp", ff), ("embed", d)), layers, True, False))
+    if bias:
+        ps.append(_Param("mlp_out", (("embed", d),), layers, False, True))
+    for s in norm:
+        ps.append(_Param("norms", s, 1, False, True))
+    if not cfg.tied_embeddings:
+        ps.append(_Param("head", (("embed", d), ("vocab", v)), 1, False, False))
+    return ps
+
+
+def _sharded_axes(p: _Param, layout: Layout) -> set[str]:
+    return {a for name, size in p.shape for a in mesh_axes(name, layout, size=size)}
+
+
+def _local_elements(p: _Param, layout: Layout, skip: tuple[str, ...] = ()):
+    """Elements of the parameter on one device, with the axes in ``skip`` left unsplit."""
+    n = 1
+    for name, size in p.shape:
+        for a in mesh_axes(name, layout, size=size):
+            if a not in skip:
+                size = _div(size, getattr(layout, a))
+        n = n * size
+    return n
+
+
+def _group(axes: tuple[str, ...], layout: Layout) -> tuple[str | tuple[str, ...], int]:
+    g = 1
+    for a in axes:
+        g *= getattr(layout, a)
+    return (axes[0] if len(axes) == 1 else axes), g
+
+
+# ----------------------------------------------------------------------------- the closed form
+def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=None, mode: str = "train",
+                dtype: str | None = None, param_dtype: str | None = None, gather_dtype: str | None = None,
+                grad_dtype: str | None = None, gather_in_backward: bool = True,
+                grad_reduce: str = "reduce-scatter", cp_attention: str = "all-gather",
+                regather_last_mlp: bool = False) -> list[Collective]:
+    """Every collective of one step of `models.Transformer` on one device under ``layout``.
+
+    Args:
+      cfg: the model (ints, or a relaxed config).
+      layout: the mesh degrees (dp, fsdp, tp, cp, pp, virtual_stages), sequence_parallel,
+        optimizer_sharding and micro_batch are read; ``layout.check`` is applied to ints.
+      batch_size: global sequences per step; seq_len: tokens per sequence (None = cfg.seq_len).
+      mode: "train" (forward, backward, gradient reduction, optimizer) or "forward".
+      dtype: compute dtype of activations and of the logits (None = ``layout.dtype``).
+      param_dtype: storage dtype of the parameters (None = ``layout.param_dtype``): what ZeRO-1
+        gathers after the update.
+      gather_dtype: the dtype FSDP gathers weights in. None = ``dtype``: the compilers move the
+        cast to the compute dtype before the gather (measured on TPU and H100, XLA 2026).
+      grad_dtype: the dtype gradients are reduced in. None = ``dtype`` (the gradient of a
+        weight used in the compute dtype is produced in it, and reduced before the cast).
+      gather_in_backward: FSDP gathers each weight again for its backward use (XLA:TPU does,
+        to free the forward copy); False = the forward copy is kept (XLA:GPU, 2x).
+      grad_reduce: "reduce-scatter" of the FSDP gradients, or "all-reduce" (XLA:CPU replaces
+        it with one all-reduce; on large TPU tori the compiler may too).
+      cp_attention: "all-gather" of keys and values over ``cp``, or "ring" permutes.
+      regather_last_mlp: with ``gather_in_backward``, whether the last layer's MLP weights are
+        gathered again too. False (XLA:TPU): their backward comes first, right after the
+        forward, so the compiler keeps the gathered copies, as it keeps the head's.
+
+    Returns:
+      A list of `Collective`; `bytes_per_axis` sums it per mesh axis.
+
+    Example:
+      >>> from models import presets
+      >>> cs = collectives(presets.get("llama-2-7b"), Layout(tp=2), batch_size=1, seq_len=4096, dtype="bf16")
+      >>> sum(c.count for c in cs if c.component in ("attn_out", "mlp_out") and c.phase == "forward")
+      64
+    """
+    _choice("mode", mode, COLLECTIVE_MODES)
+    _choice("grad_reduce", grad_reduce, GRAD_REDUCE)
+    _choice("cp_attention", cp_attention, CP_ATTENTION)
+    if not isinstance(layout, Layout):
+        raise ValueError(f"layout={layout!r}: expected a planner.Layout (e.g. Layout.parse('fsdp=4,tp=2'))")
+    for name, flag in (("gather_in_backward", gather_in_backward), ("regather_last_mlp", regather_last_mlp)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name}={flag!r}: must be True or False")
+    seq_len = cfg.seq_len if seq_len is None else seq_len
+    check_size("batch_size", batch_size)
+    check_size("seq_len", seq_len)
+    layout.check(cfg, batch_size=batch_size if not is_relaxed(batch_size) else None,
+                 seq_len=seq_len if not is_relaxed(seq_len) else None)
+    dtype = layout.dtype if dtype is None else dtype
+    param_dtype = layout.param_dtype if param_dtype is None else param_dtype
+    gather_dtype = dtype if gather_dtype is None else gather_dtype
+    grad_dtype = dtype if grad_dtype is None else grad_dtype
+    e, e_gather, e_grad, e_param = (_dtype(n, v) for n, v in (
+        ("dtype", dtype), ("gather_dtype", gather_dtype), ("grad_dtype", grad_dtype), ("param_dtype", param_dtype)))
+    cfg, batch_size, seq_len = promote(cfg, batch_size, seq_len)
+
+    train = mode == "train"
+    lay = layout
+    steps = lay.accumulation_steps(batch_size) if isinstance(batch_size, int) else 1
+    b = _div(batch_size, lay.data_parallel) if lay.micro_batch is None else lay.micro_batch
+    t = _div(seq_len, lay.cp)
+    d = cfg.d_model
+    layers = _div(cfg.n_layers, lay.pp)
+    act = b * t * d  # one (b, t, d) activation buffer, elements
+    out: list[Collective] = []
+
+    def add(kind, axes, nbytes, count, component, phase, dt, purpose):
+        axes = tuple(a for a in axes if getattr(lay, a) > 1)
+        if not axes:
+            return
+        axis, g = _group(axes, lay)
+        out.append(Collective(kind, axis, g, nbytes, count, component, phase, dt, purpose))
+
+    # --- weights: FSDP gathers, gradient reductions, ZeRO-1 --------------------------------
+    data_axes = ("dp", "fsdp", "cp")
+    params = parameters(cfg, layers)
+    for p in params:
+        sharded = _sharded_axes(p, lay)
+        e_g = 4 if p.component == "norms" else e_grad  # flax's norms compute in float32
+        g_dt = "fp32" if p.component == "norms" else grad_dtype
+        component = p.component
+        if "fsdp" in sharded:
+            gathered = _local_elements(p, lay, skip=("fsdp",))
+            again = train and gather_in_backward and p.backward_use
+            for phase in ("forward", "backward") if again else ("forward",):
+                count = p.copies * steps
+                if phase == "backward" and not regather_last_mlp and p.component in ("mlp_in", "mlp_gate", "mlp_out"):
+                    count = (p.copies - 1) * steps
+                add("all-gather", ("fsdp",), gathered * e_gather, count, component, phase, gather_dtype, "weights")
+        if not train:
+            continue
+        token_axes = data_axes + (("tp",) if lay.sequence_parallel and p.on_residual else ())
+        if p.component == "embedding" and (lay.dp > 1 or lay.cp > 1 or cfg.tied_embeddings):
+            # The table as the lookup (and the tied head) read it is whole over the data axes, so
+            # its gradient is reduced whole: the tied head's part on its own, then the sum; with
+            # data axes besides fsdp the sum is all-reduced, not reduce-scattered (measured, TPU).
+            whole = _local_elements(p, lay, skip=("fsdp",))
+            if cfg.tied_embeddings:
+                add("all-reduce", data_axes, whole * e_grad, steps, "logits", "backward", grad_dtype, "gradients")
+            if lay.dp > 1 or lay.cp > 1:
+                add("all-reduce", data_axes, whole * e_grad, steps, component, "backward", grad_dtype, "gradients")
+                continue
+        if "fsdp" in sharded:
+            full = _local_elements(p, lay, skip=("fsdp",))
+            add(grad_reduce, ("fsdp",), full * e_g, p.copies * steps, component, "backward", g_dt, "gradients")
+        rest = tuple(a for a in token_axes if a not in sharded)
+        local = _local_elements(p, lay)
+        if lay.optimizer_sharding and "dp" in rest and lay.dp > 1:
+            # ZeRO-1: reduce-scatter over dp (with the other replicated axes), then the updated
+            # parameters all-gathered over dp in their storage dtype.
+            others = tuple(a for a in rest if a != "dp")
+            add("all-reduce", others, local * e_g, p.copies * steps, component, "backward", g_dt, "gradients")
+            add(grad_reduce, ("dp",), local * e_g, p.copies, component, "backward", g_dt, "gradients")
+            add("all-gather", ("dp",), local * e_param, p.copies, component, "optimizer", param_dtype, "weights")
+        else:
+            add("all-reduce", rest, local * e_g, p.copies * steps, component, "backward", g_dt, "gradients")
+
+    # --- activations: tensor and sequence parallelism -------------------------------------
+    per_layer = layers * steps
+    sp = lay.sequence_parallel
+    if sp:
+        pairs = [("all-gather", "qkv", "forward"), ("reduce-scatter", "attn_out", "forward"),
+                 ("all-gather", "mlp_in", "forward"), ("reduce-scatter", "mlp_out", "forward")]
+        if train:
+            pairs += [("all-gather", "attn_out", "backward"), ("reduce-scatter", "qkv", "backward"),
+                      ("all-gather", "mlp_out", "backward"), ("reduce-scatter", "mlp_in", "backward")]
+    else:
+        pairs = [("all-reduce", "attn_out", "forward"), ("all-reduce", "mlp_out", "forward")]
+        if train:
+            pairs += [("all-reduce", "qkv", "backward"), ("all-reduce", "mlp_in", "backward")]
+    for kind, comp, phase in pairs:
+        add(kind, ("tp",), act * e, per_layer, comp, phase, dtype, "activations")
+
+    # The vocabulary over tp (when tp divides it; else the table and the logits stay whole):
+    # embedding lookup, logits, loss.
+    vocab_tp = ("tp",) if "tp" in mesh_axes("vocab", lay, size=cfg.vocab_size) else ()
+    # With sequence parallelism the lookup's output is reduce-scattered into the sequence-sharded
+    # residual stream and the head's input all-gathered (Korthikanti et al. 2022, Fig. 5); an
+    # unsplit vocabulary (tp does not divide it) leaves both on the local sequence shard.
+    if sp:
+        add("reduce-scatter", vocab_tp, act * e, steps, "embedding", "forward", dtype, "activations")
+        add("all-gather", vocab_tp, act * e, steps, "logits", "forward", dtype, "activations")
+    else:
+        add("all-reduce", vocab_tp, act * e, steps, "embedding", "forward", dtype, "activations")
+    if train:
+        add("all-reduce", vocab_tp, b * t * e, 3 * steps, "loss", "forward", dtype, "activations")
+        add("reduce-scatter" if sp else "all-reduce", vocab_tp, act * e, steps, "logits", "backward", dtype,
+            "activations")
+        if sp:
+            add("all-gather", vocab_tp, act * e, steps, "embedding", "backward", dtype, "activations")
+        # the mean loss over the data shards: one float32 scalar
+        add("all-reduce", data_axes, 4, steps, "loss", "forward", "fp32", "activations")
+
+    # --- context parallelism: keys and values ----------------------------------------------
+    kv = _div(cfg.resolved_n_kv_heads * cfg.resolved_head_dim, lay.tp) if lay.tp > 1 else \
+        cfg.resolved_n_kv_heads * cfg.resolved_head_dim
+    if cp_attention == "all-gather":
+        full_kv = b * seq_len * kv * e
+        add("all-gather", ("cp",), full_kv, 2 * per_layer, "kv", "forward", dtype, "activations")
+        if train:  # the gather's transpose: the whole key/value gradient all-reduced, then sliced
+            add("all-reduce", ("cp",), full_kv, 2 * per_layer, "kv", "backward", dtype, "activations")
+    else:
+        shard_kv = b * t * kv * e
+        add("collective-permute", ("cp",), shard_kv, 2 * (lay.cp - 1) * per_layer, "kv", "forward", dtype,
+            "activations")
+        if train:
+            add("collective-permute", ("cp",), shard_kv, 4 * (lay.cp - 1) * per_layer, "kv", "backward", dtype,
+                "activations")
+
+    # --- pipeline: activations between stages -----------------------------------------------
+    if lay.pp > 1:
+        boundary = b * _div(t, lay.tp if sp else 1) * d * e
+        sends = steps * lay.virtual_stages
+        add("collective-permute", ("pp",), boundary, sends, "pipeline", "forward", dtype, "activations")
+        if train:
+            add("collective-permute", ("pp",), boundary, sends, "pipeline", "backward", dtype, "activations")
+    return out

@@ -44,7 +44,7 @@ PIPELINE_SCHEDULES = ("1f1b", "gpipe", "interleaved")
 #: Mesh degrees, in the order the mesh axes are laid out (outermost first).
 MESH_DEGREES = ("pp", "dp", "fsdp", "cp", "tp")
 _INT_FIELDS = MESH_DEGREES + ("virtual_stages", "micro_batch", "ep")
-_BOOL_FIELDS = ("sequence_parallel", "optimizer_sharding", "master_fp32", "tp_overlap")
+_BOOL_FIELDS = ("sequence_parallel", "optimizer_sharding", "master_fp32", "tp_overlap", "dp_overlap")
 _CHOICE_FIELDS = {
     "remat": REMAT_POLICIES,
     "attention": ATTENTION_KINDS,
@@ -81,6 +81,9 @@ class Layout:
       tp_overlap: the tensor-parallel collectives run concurrently with the layer's matmuls
         (XLA's async collectives / collective matmul on TPU, Transformer Engine's userbuffers
         on GPU); otherwise they sit on the critical path, as in Megatron-LM 2021-2022.
+      dp_overlap: the data-parallel gradient reduction is bucketed and overlapped with the
+        backward pass (PyTorch DDP buckets, Megatron-core ``overlap_grad_reduce``); otherwise it
+        runs after the backward pass.
     """
 
     remat: str = "none"
@@ -100,6 +103,7 @@ class Layout:
     optimizer_sharding: bool = False
     ep: int = 1
     tp_overlap: bool = False
+    dp_overlap: bool = False
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:

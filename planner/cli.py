@@ -341,7 +341,7 @@ def cmd_time(args: argparse.Namespace) -> int:
 
         run = published_runs(args.run)
         r = roofline(run.model, hardware=run.hardware, layout=run.layout, batch_size=run.batch_size,
-                     seq_len=run.seq_len, slices=run.slices)
+                     seq_len=run.seq_len, slices=run.slices, dropout=run.dropout)
         if args.json:
             print(json.dumps({"run": run.to_dict(), "predicted": r.to_dict()}, indent=2, default=str))
         else:

@@ -112,13 +112,14 @@ _SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "n_kv_heads", 
 
 
 @functools.lru_cache(maxsize=64)
-def _evaluator(template, spec, net, act_bytes, param_bytes, master, fp8, tp_overlap):
+def _evaluator(template, spec, net, act_bytes, param_bytes, master, fp8, tp_overlap, dp_overlap, dropout):
     """jit(vmap) of `cluster_step` over layouts; the model's sizes, batch and sequence are traced
     arguments, so one compilation serves every shape of the same kind (and the planner's
     candidate shapes) for a bucket of layout counts."""
     def one(x, sizes, batch_size, seq_len):
         cfg = template.replace(**sizes, seq_len=seq_len)
-        x = dict(x, act_bytes=act_bytes, param_bytes=param_bytes, master=master, fp8=fp8, tp_overlap=tp_overlap)
+        x = dict(x, act_bytes=act_bytes, param_bytes=param_bytes, master=master, fp8=fp8, tp_overlap=tp_overlap,
+                 dp_overlap=dp_overlap, dropout=dropout)
         r = cluster_step(cfg, spec, net, x, batch_size=batch_size, seq_len=seq_len)
         return (r.step_time, r.bubble_time, r.memory_per_chip, r.hardware_flops, r.model_flops,
                 jnp.stack([r.exposed[k] for k in ("tp", "cp", "fsdp", "dp", "pp")]))
@@ -127,7 +128,8 @@ def _evaluator(template, spec, net, act_bytes, param_bytes, master, fp8, tp_over
 
 
 def evaluate(cfg, spec, net, arrays: dict, *, batch_size: int, seq_len: int, dtype: str = "bf16",
-             param_dtype: str = "bf16", master_fp32: bool = True, tp_overlap: bool = False):
+             param_dtype: str = "bf16", master_fp32: bool = True, tp_overlap: bool = False,
+             dp_overlap: bool = False, dropout: bool = False):
     """Step time, bubble, memory, FLOPs and exposed comm of every layout in ``arrays`` (one pass;
     the arrays are padded to a power of two so that compilations are reused)."""
     sizes = {k: jnp.float32(v) for k, v in (("vocab_size", cfg.vocab_size), ("d_model", cfg.d_model),
@@ -138,7 +140,7 @@ def evaluate(cfg, spec, net, arrays: dict, *, batch_size: int, seq_len: int, dty
     template = cfg.replace(vocab_size=2, d_model=2, n_layers=1, n_heads=1, d_ff=2, n_kv_heads=1, head_dim=2,
                            seq_len=max(2, cfg.seq_len) if cfg.position == "learned" else 2)
     fn = _evaluator(template, spec, net, _dtype_bytes("dtype", dtype), _dtype_bytes("param_dtype", param_dtype),
-                    int(master_fp32), int(dtype == "fp8"), int(tp_overlap))
+                    int(master_fp32), int(dtype == "fp8"), int(tp_overlap), int(dp_overlap), int(dropout))
     n = len(arrays["tp"])
     size = 1 << max(10, (n - 1).bit_length())
     x = {k: jnp.asarray(np.pad(np.asarray(arrays[k], np.float32), (0, size - n), mode="edge")) for k in _KEYS}
@@ -148,7 +150,8 @@ def evaluate(cfg, spec, net, arrays: dict, *, batch_size: int, seq_len: int, dty
 
 def search_layouts(cfg: TransformerConfig, *, hardware, chips: int, batch_size: int, seq_len: int | None = None,
                    dtype: str = "bf16", param_dtype: str = "bf16", master_fp32: bool = True, top: int = 10,
-                   slices: int = 1, tp_overlap: bool = False, remat=("none", "selective", "dots", "full"),
+                   slices: int = 1, tp_overlap: bool = False, dp_overlap: bool = False, dropout: bool = False,
+                   remat=("none", "selective", "dots", "full"),
                    attention=("dot", "flash"), max_memory_per_chip: float | None = None) -> LayoutSearch:
     """The fastest layouts of one training step of ``cfg`` on ``chips`` chips of ``hardware``.
 
@@ -157,7 +160,9 @@ def search_layouts(cfg: TransformerConfig, *, hardware, chips: int, batch_size: 
       dtype, param_dtype, master_fp32: the precision every candidate uses.
       top: how many layouts to return (fastest first).
       slices: TPU slices the chips span (see `hardware.network.network`).
-      tp_overlap: whether the software stack overlaps TP collectives with matmuls.
+      tp_overlap, dp_overlap: whether the software stack overlaps the TP collectives with the
+        matmuls, and the DP gradient reduction with the backward pass (`Layout`).
+      dropout: count dropout's HBM traffic (see `planner.roofline`).
       remat, attention: the policies and kernels to try.
       max_memory_per_chip: bytes (default the chip's HBM).
 
@@ -193,7 +198,7 @@ def search_layouts(cfg: TransformerConfig, *, hardware, chips: int, batch_size: 
                          f"d_ff {cfg.d_ff}, layers {cfg.n_layers}, batch {batch_size}); change chips or the batch")
     step, bubble, mem, hw_flops, model_flops, exposed = evaluate(
         cfg, spec, net, arrays, batch_size=batch_size, seq_len=seq_len, dtype=dtype, param_dtype=param_dtype,
-        master_fp32=master_fp32, tp_overlap=tp_overlap)
+        master_fp32=master_fp32, tp_overlap=tp_overlap, dp_overlap=dp_overlap, dropout=dropout)
     ok = np.isfinite(step) & (mem <= limit)
     if not ok.any():
         raise ValueError(f"none of the {n} valid layouts fits in {limit / 1e9:.0f} GB per chip (smallest need "
@@ -210,7 +215,7 @@ def search_layouts(cfg: TransformerConfig, *, hardware, chips: int, batch_size: 
                      sequence_parallel=bool(arrays["sp"][i]), optimizer_sharding=bool(arrays["opt_shard"][i]),
                      remat=_REMAT_NAMES[int(arrays["remat"][i])],
                      attention="flash" if arrays["flash"][i] else "dot", dtype=dtype, param_dtype=param_dtype,
-                     master_fp32=master_fp32, tp_overlap=tp_overlap)
+                     master_fp32=master_fp32, tp_overlap=tp_overlap, dp_overlap=dp_overlap)
         t = float(step[i])
         best.append(LayoutResult(lay, t, batch_size * seq_len / t, float(model_flops[i]) / (t * chips * peak),
                                  float(hw_flops[i]) / (t * chips * peak), float(bubble[i]),

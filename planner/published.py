@@ -61,6 +61,7 @@ class PublishedRun(NamedTuple):
     peak_tflops: float
     assumed: tuple[str, ...]
     evidence: tuple[str, ...]
+    dropout: bool = False  # trained with dropout (Megatron's GPT runs)
 
     @property
     def paper_flops(self) -> float | None:
@@ -111,7 +112,7 @@ def _run(raw: dict) -> PublishedRun:
     return PublishedRun(raw["name"], raw["title"], raw["source"], raw["hardware"], raw["chips"], raw["slices"],
                         model, layout, raw["batch_size"], raw["seq_len"], dict(raw["measured"]),
                         raw["flop_convention"], float(raw["peak_tflops"]), tuple(raw["assumed"]),
-                        tuple(raw.get("evidence", ())))
+                        tuple(raw.get("evidence", ())), bool(raw.get("dropout", False)))
 
 
 @functools.cache
@@ -151,7 +152,7 @@ def compare(runs=None) -> list[Comparison]:
     out = []
     for r in runs or published_runs():
         p = roofline(r.model, hardware=r.hardware, layout=r.layout, batch_size=r.batch_size, seq_len=r.seq_len,
-                     slices=r.slices)
+                     slices=r.slices, dropout=r.dropout)
         pred = float(p.step_time)
         out.append(Comparison(r.name, r.step_time, pred, pred / r.step_time - 1, r.fit, r.hardware, r.chips))
     return out

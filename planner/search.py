@@ -335,7 +335,8 @@ def _best_layout(s: _Setup, cfg: TransformerConfig, batch_size: int, max_memory)
     try:
         res = search_layouts(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=cfg.seq_len,
                              dtype=s.dtype, top=1, slices=slices_for(s.hw, s.chips),
-                             tp_overlap=s.hw.interconnect.startswith("ici"), remat=("none", "selective", "full"),
+                             tp_overlap=s.hw.interconnect.startswith("ici"),
+                             dp_overlap=not s.hw.interconnect.startswith("ici"), remat=("none", "selective", "full"),
                              attention=("flash",), max_memory_per_chip=max_memory)
     except ValueError:
         return None

@@ -131,7 +131,7 @@ def _link_bandwidth(spec, chips):
 
 def roofline(cfg: TransformerConfig, *, hardware, chips=None, batch_size=1, seq_len=None,
              dtype: str | None = None, mode: str = "train", param_dtype: str | None = None,
-             layout: Layout | None = None, slices: int = 1) -> StepTime:
+             layout: Layout | None = None, slices: int = 1, dropout: bool = False) -> StepTime:
     """Roofline time of one step of ``models.Transformer(cfg)`` on ``chips`` chips of ``hardware``.
 
     Args:
@@ -145,6 +145,8 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=None, batch_size=1, seq_
         recomputation and precision; ``chips`` (if given) must equal ``layout.chips``, ``dtype``
         and ``param_dtype`` (if given) must equal the layout's. Train mode only.
       slices: TPU slices the chips span (DCN between them); see `hardware.network.network`.
+      dropout: with a layout, count the HBM traffic of dropout masks (the model itself has no
+        dropout; the published Megatron runs trained with it).
 
     FLOPs per component are the "xla" convention's (what the program executes); bytes per
     component are `component_bytes`. The gradient all-reduce moves 2 (chips - 1) / chips x
@@ -155,9 +157,9 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=None, batch_size=1, seq_
     spec = hw.resolve(hardware)
     if layout is not None:
         return _layout_roofline(cfg, spec, layout, chips=chips, batch_size=batch_size, seq_len=seq_len,
-                                dtype=dtype, mode=mode, param_dtype=param_dtype, slices=slices)
-    if slices != 1:
-        raise ValueError(f"slices={slices!r}: applies with a layout= only")
+                                dtype=dtype, mode=mode, param_dtype=param_dtype, slices=slices, dropout=dropout)
+    if slices != 1 or dropout:
+        raise ValueError(f"slices={slices!r}, dropout={dropout!r}: apply with a layout= only")
     chips = 1 if chips is None else chips
     dtype = "bf16" if dtype is None else dtype
     param_dtype = "fp32" if param_dtype is None else param_dtype
@@ -207,12 +209,12 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=None, batch_size=1, seq_
 #: saturating fit of cuBLAS / MXU efficiency against tile occupancy; Calculon's "gflops
 #: efficiency" table has the same shape). Fitted on `planner.published.FIT_RUNS` by
 #: benchmarks/published_runs.py --fit; every other published run is held out.
-MATMUL_EFFICIENCY = {"gpu": 0.736, "tpu": 0.842}
-MATMUL_HALF_DIM = 47.9
+MATMUL_EFFICIENCY = {"gpu": 0.751, "tpu": 0.816}
+MATMUL_HALF_DIM = 40.7
 #: Achievable fraction of HBM bandwidth for the elementwise passes, by chip family. Started at
 #: 0.85 (STREAM-like kernels reach 80-90% of the datasheet bandwidth; Calculon's A100 file uses
 #: 0.9 for >100 MB transfers), then fitted on FIT_RUNS with the two above.
-HBM_EFFICIENCY = {"gpu": 0.782, "tpu": 0.723}
+HBM_EFFICIENCY = {"gpu": 0.817, "tpu": 0.683}
 
 REMAT_CODES = {"none": 0, "selective": 1, "dots": 2, "full": 3}
 SCHEDULE_CODES = {"1f1b": 0, "gpipe": 1, "interleaved": 2}
@@ -259,7 +261,9 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
         ``HBM_EFFICIENCY x`` HBM bandwidth (`component_bytes`), norms and residuals / tp with
         sequence parallelism; flash attention keeps scores out of HBM, skips the masked half and
         recomputes them in the backward pass. Recomputation adds the forward of what the policy
-        drops (full: the layers; selective: attention scores and values; dots: the elementwise).
+        drops (full: the layers; selective: attention scores and values; dots: the elementwise
+        and the attention matmuls, which have batch dimensions, as JAX's
+        ``dots_with_no_batch_dims_saveable`` keeps only the others).
       - tp: 2 all-reduces of the activations per layer forward, 2 backward, 2 more when the
         layer is recomputed (as reduce-scatter + all-gather with sequence parallelism, the same
         bytes); exposed (Megatron runs them on the critical path; Shoeybi et al. 2019, Sec. 3),
@@ -270,8 +274,10 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
         reduce-scattered after; prefetched one layer ahead, so per layer only the excess over
         that layer's compute is exposed (ZeRO-3; Rajbhandari et al. 2020).
       - dp: one all-reduce of the chip's gradients per step (reduce-scatter + all-gather with
-        ``optimizer_sharding``), bucketed behind the backward pass of the last micro-batch;
-        the excess is exposed.
+        ``optimizer_sharding``); with ``dp_overlap`` bucketed behind the backward pass of the
+        last micro-batch (only the excess exposed), else exposed after it.
+      - dropout (``x["dropout"]``, the published Megatron runs): masks read and written on the
+        attention probabilities (not with flash) and on both residual branches.
       - pp: each micro-batch sends its activations forward and its gradients back at every
         stage (and chunk) boundary, exposed; the bubble adds (pp - 1) / v micro-batch times
         (GPipe and 1F1B: v = 1; interleaved: v = virtual_stages; Narayanan et al. 2021, Sec. 2.2).
@@ -303,6 +309,17 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     scale = {"norms": shard, "residual": shard, "softmax": jnp.where(flash, jnp.inf, 1.0 / cp)}
     t_ew_f = {k: by_f[k] / scale.get(k, 1.0) / bw for k in _ELEMENTWISE}
     t_ew_b = {k: by_b[k] / scale.get(k, 1.0) / bw for k in _ELEMENTWISE}
+    # Dropout (Megatron's GPT: on the attention probabilities and on both residual branches;
+    # Calculon llm.py's three DropOut layers per block): read, write and a 1-byte mask each way.
+    drop = x.get("dropout", 0)
+    scores_el = mb * local.n_heads * s_loc * seq_len
+    branch_el = 2 * mb * s_loc * cfg.d_model / shard
+    t_drop_attn = jnp.where(flash, 0.0, scores_el * (2 * act + 1) / bw) * drop
+    t_drop_res = branch_el * (2 * act + 1) / bw * drop * local.n_layers
+    t_ew_f["softmax"] = t_ew_f["softmax"] + t_drop_attn * local.n_layers
+    t_ew_b["softmax"] = t_ew_b["softmax"] + t_drop_attn * local.n_layers
+    t_ew_f["residual"] = t_ew_f["residual"] + t_drop_res
+    t_ew_b["residual"] = t_ew_b["residual"] + t_drop_res
     mm_f = sum(t_mm.values())
     mm_layers_f = sum(t_mm[k] for k in _LAYER_MATMULS if k in t_mm)
     attn_f = sum(t_mm[k] for k in _ATTN)
@@ -311,7 +328,8 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     t_f = mm_f + ew_f
     t_b = 2 * mm_f + ew_b + jnp.where(flash, attn_f, 0.0)  # flash recomputes the scores
     t_re = jnp.select([remat == 3, remat == 2, remat == 1],
-                      [mm_layers_f + ew_layers_f, ew_layers_f, jnp.where(flash, 0.0, attn_f + t_ew_f["softmax"])],
+                      [mm_layers_f + ew_layers_f, ew_layers_f + attn_f,
+                       jnp.where(flash, 0.0, attn_f + t_ew_f["softmax"])],
                       0.0)
     compute_mb = t_f + t_b + t_re
     # Collectives of one micro-batch on one stage.
@@ -331,7 +349,10 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     rs = collective_time(net, "reduce_scatter", p_layer * pbytes, fsdp, st["fsdp"])
     layer_f, layer_b = t_f / layers, (t_b + t_re) / layers
     exp_fsdp = layers * (jnp.maximum(0.0, ag - layer_f) + jnp.maximum(0.0, ag + rs - layer_b))
-    send = collective_time(net, "send", tokens * cfg.d_model * act / jnp.where(sp, tp, 1.0), 2.0, st["pp"])
+    # Each tensor-parallel rank sends its 1/tp slice over its own NIC (the scatter/gather
+    # optimisation, Narayanan et al. 2021 Sec. 4.1; with sequence parallelism the activations
+    # are sharded over tp anyway).
+    send = collective_time(net, "send", tokens * cfg.d_model * act / tp, 2.0, st["pp"])
     exp_pp = jnp.where(pp > 1, 2 * v * send, 0.0)
     per_replica = batch_size / (dp * fsdp)
     m = per_replica / mb
@@ -340,7 +361,7 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     n_params = _num(count_params(promote(cfg)).total)
     p_chip = n_params / (tp * pp * fsdp)
     t_dp = collective_time(net, "all_reduce", p_chip * pbytes, dp, st["dp"])
-    exp_dp = jnp.maximum(0.0, t_dp - t_b)
+    exp_dp = jnp.where(x.get("dp_overlap", 0), jnp.maximum(0.0, t_dp - t_b), t_dp)
     opt_share = jnp.where(x["opt_shard"], dp, 1.0)
     master = x["master"]
     t_opt = p_chip / opt_share * (2 * pbytes + 5 * 4 + 8 * master) / bw
@@ -349,7 +370,8 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     fl = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode="forward", convention="fma").components
     layer_fwd = _num(sum(fl[k] for k in _LAYER_MATMULS))
     attn_fwd = _num(fl["attn_scores"] + fl["attn_values"])
-    recompute = jnp.select([remat == 3, remat == 1], [layer_fwd, jnp.where(flash, 0.0, attn_fwd)], 0.0)
+    recompute = jnp.select([remat == 3, remat == 2, remat == 1],
+                           [layer_fwd, attn_fwd, jnp.where(flash, 0.0, attn_fwd)], 0.0)
     hw_flops = model + recompute + jnp.where(flash, attn_fwd, 0.0)
     mem = _memory_per_chip(cfg, local, x, mb, s_loc, p_chip, opt_share, m)
     exposed = {"tp": m * exp_tp, "cp": m * exp_cp, "fsdp": m * exp_fsdp, "dp": exp_dp, "pp": m * exp_pp}
@@ -397,10 +419,11 @@ def layout_arrays(layout: Layout) -> dict[str, Any]:
             "flash": int(layout.attention == "flash"), "sp": int(layout.sequence_parallel and layout.tp > 1),
             "opt_shard": int(layout.optimizer_sharding), "act_bytes": _dtype_bytes("dtype", layout.dtype),
             "param_bytes": _dtype_bytes("param_dtype", layout.param_dtype), "master": int(layout.master_fp32),
-            "fp8": int(layout.dtype == "fp8"), "tp_overlap": int(layout.tp_overlap)}
+            "fp8": int(layout.dtype == "fp8"), "tp_overlap": int(layout.tp_overlap),
+            "dp_overlap": int(layout.dp_overlap)}
 
 
-def _layout_roofline(cfg, spec, layout, *, chips, batch_size, seq_len, dtype, mode, param_dtype, slices):
+def _layout_roofline(cfg, spec, layout, *, chips, batch_size, seq_len, dtype, mode, param_dtype, slices, dropout):
     if not isinstance(layout, Layout):
         raise ValueError(f"layout={layout!r}: give a planner.Layout (e.g. Layout.parse('fsdp=8,tp=8'))")
     if mode != "train":
@@ -419,7 +442,10 @@ def _layout_roofline(cfg, spec, layout, *, chips, batch_size, seq_len, dtype, mo
     peak_dtype = "bf16" if layout.dtype in ("fp16", "fp32") else layout.dtype
     peak = spec.peak(peak_dtype)
     net = network(spec, layout.chips, slices=slices)
-    r = cluster_step(cfg, spec, net, layout_arrays(layout), batch_size=batch_size, seq_len=seq_len)
+    if not isinstance(dropout, bool):
+        raise ValueError(f"dropout={dropout!r}: must be True or False")
+    x = dict(layout_arrays(layout), dropout=int(dropout))
+    r = cluster_step(cfg, spec, net, x, batch_size=batch_size, seq_len=seq_len)
     chips = layout.chips
     step = float(r.step_time)
     comm = sum(float(v) for v in r.exposed.values())

@@ -37,10 +37,11 @@ def test_enumeration_respects_divisibility():
 def test_search_beats_or_matches_the_published_layout(name):
     r = published_runs(name)
     pub = roofline(r.model, hardware=r.hardware, layout=r.layout, batch_size=r.batch_size, seq_len=r.seq_len,
-                   slices=r.slices)
+                   slices=r.slices, dropout=r.dropout)
     res = search_layouts(r.model, hardware=r.hardware, chips=r.chips, batch_size=r.batch_size, seq_len=r.seq_len,
                          dtype=r.layout.dtype, param_dtype=r.layout.param_dtype, master_fp32=r.layout.master_fp32,
-                         slices=r.slices, tp_overlap=r.layout.tp_overlap, top=1)
+                         slices=r.slices, tp_overlap=r.layout.tp_overlap,
+                         dp_overlap=r.layout.dp_overlap, dropout=r.dropout, top=1)
     assert res.best[0].step_time <= pub.step_time * (1 + 1e-6)
 
 

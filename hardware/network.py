@@ -183,9 +183,9 @@ def _ring(kind: str, nbytes, n, bandwidth, latency):
 def _torus(kind: str, nbytes, n, tier: Tier):
     """A collective over ``n`` chips of one torus slice, spread over as many physical axes as
     ``n`` needs (k = log n / log side, 1 <= k <= dims; side = slice ** (1 / dims))."""
-    side = max(tier.size ** (1.0 / tier.dims), 2.0)
-    k = jnp.clip(jnp.log(jnp.maximum(n, 1.0)) / math.log(side), 1.0, float(tier.dims))
-    directions = 2.0 if tier.wraparound else 1.0
+    side = jnp.maximum(jnp.asarray(tier.size, jnp.float32) ** (1.0 / tier.dims), 2.0)
+    k = jnp.clip(jnp.log(jnp.maximum(n, 1.0)) / jnp.log(side), 1.0, float(tier.dims))
+    directions = jnp.where(tier.wraparound, 2.0, 1.0)
     bw = tier.bandwidth * tier.efficiency * directions * k
     hops = k * (jnp.maximum(n, 1.0) ** (1.0 / k)) / directions
     if kind == "send":
@@ -217,6 +217,26 @@ def collective_time(net: Network, kind: str, nbytes, group, stride=1):
     inside = span <= f.size
     t = jnp.where(inside, t_fast, t_out)
     return jnp.where(n > 1, t, 0.0)
+
+
+def numbers(net: Network) -> dict[str, Any]:
+    """The numeric fields of ``net`` (what `with_numbers` puts back), to pass through `jax.jit`
+    as arguments: one compilation then serves every cluster size of a chip."""
+    return {f"{t}_{k}": float(getattr(getattr(net, t), k)) for t in ("fast", "scale_out")
+            for k in ("size", "bandwidth", "latency", "efficiency", "wraparound")}
+
+
+def with_numbers(net: Network, nums: dict[str, Any]) -> Network:
+    """``net`` with its numeric fields replaced by ``nums`` (e.g. traced arrays)."""
+    tiers = {t: getattr(net, t)._replace(**{k: nums[f"{t}_{k}"] for k in
+                                          ("size", "bandwidth", "latency", "efficiency", "wraparound")})
+             for t in ("fast", "scale_out")}
+    return net._replace(**tiers)
+
+
+def skeleton(net: Network) -> Network:
+    """``net`` with its numbers zeroed: the static part (names, kinds, torus dimensions)."""
+    return with_numbers(net, {k: 0.0 for k in numbers(net)})._replace(chips=0)
 
 
 def tier_of(net: Network, group, stride=1) -> str:

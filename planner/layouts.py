@@ -28,6 +28,7 @@ import numpy as np
 from models.config import TransformerConfig
 from models.layout import Layout
 from planner.memory import _dtype_bytes
+from hardware.network import numbers, skeleton, with_numbers
 from planner.timing import REMAT_CODES, cluster_step
 
 _REMAT_NAMES = {v: k for k, v in REMAT_CODES.items()}
@@ -116,15 +117,16 @@ def _evaluator(template, spec, net, act_bytes, param_bytes, master, fp8, tp_over
     """jit(vmap) of `cluster_step` over layouts; the model's sizes, batch and sequence are traced
     arguments, so one compilation serves every shape of the same kind (and the planner's
     candidate shapes) for a bucket of layout counts."""
-    def one(x, sizes, batch_size, seq_len):
+    def one(x, sizes, batch_size, seq_len, nums):
         cfg = template.replace(**sizes, seq_len=seq_len)
+        net_ = with_numbers(net, nums)
         x = dict(x, act_bytes=act_bytes, param_bytes=param_bytes, master=master, fp8=fp8, tp_overlap=tp_overlap,
                  dp_overlap=dp_overlap, dropout=dropout)
-        r = cluster_step(cfg, spec, net, x, batch_size=batch_size, seq_len=seq_len)
+        r = cluster_step(cfg, spec, net_, x, batch_size=batch_size, seq_len=seq_len)
         return (r.step_time, r.bubble_time, r.memory_per_chip, r.hardware_flops, r.model_flops,
                 jnp.stack([r.exposed[k] for k in ("tp", "cp", "fsdp", "dp", "pp")]))
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None)))
 
 
 def evaluate(cfg, spec, net, arrays: dict, *, batch_size: int, seq_len: int, dtype: str = "bf16",
@@ -139,12 +141,13 @@ def evaluate(cfg, spec, net, arrays: dict, *, batch_size: int, seq_len: int, dty
     # The compiled pass depends on the model's kind only: sizes are traced (a canonical template).
     template = cfg.replace(vocab_size=2, d_model=2, n_layers=1, n_heads=1, d_ff=2, n_kv_heads=1, head_dim=2,
                            seq_len=max(2, cfg.seq_len) if cfg.position == "learned" else 2)
-    fn = _evaluator(template, spec, net, _dtype_bytes("dtype", dtype), _dtype_bytes("param_dtype", param_dtype),
+    fn = _evaluator(template, spec, skeleton(net), _dtype_bytes("dtype", dtype), _dtype_bytes("param_dtype", param_dtype),
                     int(master_fp32), int(dtype == "fp8"), int(tp_overlap), int(dp_overlap), int(dropout))
     n = len(arrays["tp"])
     size = 1 << max(10, (n - 1).bit_length())
     x = {k: jnp.asarray(np.pad(np.asarray(arrays[k], np.float32), (0, size - n), mode="edge")) for k in _KEYS}
-    out = fn(x, sizes, jnp.float32(batch_size), jnp.float32(seq_len))
+    nums = {k: jnp.float32(v) for k, v in numbers(net).items()}
+    out = fn(x, sizes, jnp.float32(batch_size), jnp.float32(seq_len), nums)
     return [np.asarray(a)[:n] for a in out]
 
 

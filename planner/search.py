@@ -185,13 +185,35 @@ def _law_params(s: _Setup, cfg):
 def _hw_step(s: _Setup, cfg, batch_size):
     """(time of one step, its MFU) on the hardware budget: the roofline's, or the fma training
     FLOPs at the given MFU. Works on exact and relaxed configs."""
-    from planner.timing import roofline
-
     if s.mfu is None:
-        r = roofline(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=cfg.seq_len, dtype=s.dtype)
-        return r.step_time, r.mfu
+        return _proxy_step(s, cfg, batch_size)
     model = count_flops(cfg, batch_size=batch_size, seq_len=cfg.seq_len, mode="train", convention="fma").total
     return model / (s.chips * s.hw.peak(s.dtype) * s.mfu), s.mfu
+
+
+def _proxy_step(s: _Setup, cfg, batch_size):
+    """(step time, MFU) of the relaxation: `planner.timing.cluster_step` under a fixed layout
+    that any shape can use: FSDP inside the fast domain (an NVLink node, or a TPU slice), data
+    parallel across domains, no recomputation, flash attention, the whole per-chip batch in one
+    micro-batch (memory is checked at the rounding, with each candidate's best layout). Works
+    on relaxed configs and a traced chip count."""
+    from hardware.network import network, numbers, with_numbers
+    from planner.timing import cluster_step
+
+    spec, chips = s.hw, jnp.asarray(s.chips, jnp.float32)
+    tpu = spec.interconnect.startswith("ici")
+    net = network(spec, 1)
+    if tpu:
+        fsdp = jnp.minimum(chips, float(spec.domain_size))
+        net = with_numbers(net, dict(numbers(net), fast_size=fsdp, fast_wraparound=1.0))
+    else:
+        fsdp = jnp.minimum(chips, float(spec.domain_size))
+    dp = chips / fsdp
+    x = {"tp": 1.0, "pp": 1.0, "cp": 1.0, "dp": dp, "fsdp": fsdp, "v": 1.0, "mb": batch_size / chips, "remat": 0,
+         "flash": 1, "sp": 0, "opt_shard": 1, "act_bytes": 2, "param_bytes": 2, "master": 1,
+         "fp8": int(s.dtype == "fp8"), "tp_overlap": int(tpu), "dp_overlap": int(not tpu)}
+    r = cluster_step(cfg, spec, net, x, batch_size=batch_size, seq_len=cfg.seq_len)
+    return r.step_time, r.model_flops / (r.step_time * chips * spec.peak(s.dtype))
 
 
 def _tokens_and_loss(s: _Setup, cfg, log_budget, batch_size):
@@ -219,15 +241,24 @@ def _project(s: _Setup, x):
     return jnp.stack([ld, ll, lr])
 
 
-@functools.lru_cache(maxsize=32)
 def _search_fn(s: _Setup, steps: int, lr: float):
-    """jit(vmap over budgets(vmap over starts(Adam loop))) -> best log-sizes per budget."""
+    """jit(vmap over budgets(vmap over starts(Adam loop))) -> best log-sizes per budget. The chip
+    count is a traced argument, so one compilation serves every cluster size of a chip."""
+    fn = _search_fn_cached(s._replace(chips=1), steps, lr)
+    chips = jnp.float32(s.chips)
+    return lambda budgets, batches, starts: fn(budgets, batches, starts, chips)
+
+
+@functools.lru_cache(maxsize=32)
+def _search_fn_cached(s0: _Setup, steps: int, lr: float):
     opt = optax.adam(lr)
 
-    def objective(x, log_budget, batch_size):
-        return _tokens_and_loss(s, _shape(s, x, batch_size), log_budget, batch_size)[2]
+    def run_one(x0, budget, batch_size, chips):
+        s = s0._replace(chips=chips)
 
-    def run_one(x0, budget, batch_size):
+        def objective(x, log_budget, batch_size):
+            return _tokens_and_loss(s, _shape(s, x, batch_size), log_budget, batch_size)[2]
+
         x0 = _project(s, x0)
         grad = jax.value_and_grad(objective)
 
@@ -240,12 +271,12 @@ def _search_fn(s: _Setup, steps: int, lr: float):
         (x, _), _ = jax.lax.scan(body, (x0, opt.init(x0)), None, length=steps)
         return x, objective(x, budget, batch_size)
 
-    def run(budget, batch_size, starts):
-        xs, losses = jax.vmap(run_one, in_axes=(0, None, None))(starts, budget, batch_size)
+    def run(budget, batch_size, starts, chips):
+        xs, losses = jax.vmap(run_one, in_axes=(0, None, None, None))(starts, budget, batch_size, chips)
         best = jnp.nanargmin(losses)
         return xs[best], losses[best]
 
-    return jax.jit(jax.vmap(run, in_axes=(0, 0, None)))
+    return jax.jit(jax.vmap(run, in_axes=(0, 0, None, None)))
 
 
 def _starts(s: _Setup) -> jnp.ndarray:

@@ -235,6 +235,7 @@ class ClusterStep(NamedTuple):
     hardware_flops: Any  # model flops + recomputation, per step, all chips
     memory_per_chip: Any
     micro_batches: Any
+    wire_bytes: dict  # axis -> bytes one chip sends per step (ring algorithms)
 
 
 def _family(spec) -> str:
@@ -375,7 +376,13 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     hw_flops = model + recompute + jnp.where(flash, attn_fwd, 0.0)
     mem = _memory_per_chip(cfg, local, x, mb, s_loc, p_chip, opt_share, m)
     exposed = {"tp": m * exp_tp, "cp": m * exp_cp, "fsdp": m * exp_fsdp, "dp": exp_dp, "pp": m * exp_pp}
-    return ClusterStep(step, m * compute_mb, bubble, exposed, t_opt, model, hw_flops, mem, m)
+    ring = lambda g: (g - 1) / g  # noqa: E731
+    wire = {"tp": m * layers * n_ar * 2 * ring(tp) * tokens * cfg.d_model * act,
+            "cp": m * layers * 3 * ring(cp) * kv_bytes * cp,
+            "fsdp": m * layers * ring(fsdp) * p_layer * (2 * act + pbytes),
+            "dp": 2 * ring(dp) * p_chip * pbytes,
+            "pp": jnp.where(pp > 1, m * 2 * v * tokens * cfg.d_model * act / tp, 0.0)}
+    return ClusterStep(step, m * compute_mb, bubble, exposed, t_opt, model, hw_flops, mem, m, wire)
 
 
 def _num(x):

@@ -55,3 +55,25 @@ def test_bad_input():
         search_layouts(cfg, hardware="h100", chips=1, batch_size=8, max_memory_per_chip=1e6)
     with pytest.raises(ValueError, match="chips=4: the layout uses 8"):
         roofline(cfg, hardware="h100", chips=4, layout=Layout(fsdp=8), batch_size=8)
+
+
+@pytest.mark.parametrize("text", ["tp=4,dp=2,micro_batch=4", "fsdp=8,micro_batch=1",
+                                  "tp=2,dp=4,micro_batch=2,sequence_parallel=true"])
+def test_vectorised_bytes_agree_with_planner_collectives(text):
+    # The search's array form of the bytes each axis moves, against planner.collectives (the
+    # closed form checked against XLA's HLO in tests/test_collectives.py), on Llama 2 7B.
+    import hardware
+    from hardware.network import network
+    from planner.collectives import bytes_per_axis, collectives
+    from planner.timing import cluster_step, layout_arrays
+
+    cfg = presets.get("llama-2-7b")
+    lay = Layout.parse(text + ",dtype=bf16,param_dtype=bf16")
+    theirs = {k: float(v) for k, v in bytes_per_axis(collectives(cfg, lay, batch_size=8, seq_len=4096),
+                                                       wire=True).items()}
+    spec = hardware.get("h100")
+    mine = cluster_step(cfg, spec, network(spec, lay.chips), layout_arrays(lay), batch_size=8, seq_len=4096).wire_bytes
+    for axis, v in mine.items():
+        if float(v):
+            assert float(v) == pytest.approx(theirs[axis], rel=0.03), axis
+    assert {k for k, v in mine.items() if float(v)} == set(theirs)

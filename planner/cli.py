@@ -500,6 +500,11 @@ def _plan_text(p) -> str:
             e = p.layout.exposed_comm
             lines.insert(5, f"layout      {p.layout.layout.to_string()}; bubble {p.layout.bubble_time * 1e3:.1f} ms, "
                             "exposed comm " + (", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in e.items() if v) or "none"))
+            from planner.search import plan_note
+
+            note = plan_note(p)
+            if note:
+                lines.append(f"note        {note}")
     return "\n".join(lines)
 
 

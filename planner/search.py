@@ -374,6 +374,22 @@ def _best_layout(s: _Setup, cfg: TransformerConfig, batch_size: int, max_memory)
     return res.best[0]
 
 
+def plan_note(p: Plan) -> str | None:
+    """Why a hardware budget is not used well (MFU below 45%), from the plan's layout breakdown:
+    the largest of bubble, exposed communication per axis, and the work per chip."""
+    lay = p.layout
+    if lay is None or p.mfu is None or p.mfu >= 0.45:
+        return None
+    losses = {"the pipeline bubble": lay.bubble_time}
+    losses.update({f"exposed {axis} communication": t for axis, t in lay.exposed_comm.items()})
+    what, t = max(losses.items(), key=lambda kv: kv[1])
+    per_chip = p.batch_size * p.config.seq_len / lay.layout.chips
+    why = (f"{what} takes {t:.3g} s of the {p.step_time:.3g} s step" if t > 0.1 * p.step_time else
+           f"each chip gets {per_chip:.0f} tokens per step, too few to keep it busy")
+    return (f"MFU {100 * p.mfu:.0f}%: {why}. The budget buys more chips than this model and batch can keep "
+            "busy: more days (a bigger model) or fewer chips use it better.")
+
+
 def _inference(s: _Setup, best: dict, inference_tokens) -> dict | None:
     if inference_tokens is None:
         return None

@@ -289,7 +289,9 @@ def _candidates(s: _Setup, d_cont: float, l_cont: float, ratio: float, *, multip
                 ff_multiple: int) -> list[TransformerConfig]:
     """Hardware-friendly shapes around a continuous optimum."""
     if s.hw is not None and d_cont >= 2048:
-        multiple = max(multiple, 512)  # heads a multiple of 8 (4 at head_dim 128): tp up to 8 divides them
+        # heads even (a multiple of 4 at head_dim 64; of 4, or 8 at head_dim 64, from d_model
+        # 8192 on), so that tensor-parallel degrees divide them
+        multiple = max(multiple, 256 if d_cont < 8192 else 512)
     if s.fixed_d_model is not None:
         ds = [s.fixed_d_model]
     else:

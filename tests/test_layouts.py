@@ -80,3 +80,27 @@ def test_vectorised_bytes_agree_with_planner_collectives(text):
     # parallelism) is under 1% of the traffic
     left_out = sum(v for k, v in theirs.items() if not float(mine.get(k, 0)))
     assert left_out < 0.01 * sum(theirs.values())
+
+
+def test_cluster_step_is_differentiable_in_the_shape():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import hardware
+    from hardware.network import network
+    from planner.timing import cluster_step, layout_arrays
+
+    cfg = presets.get("llama-2-7b")
+    spec = hardware.get("h100")
+    net = network(spec, 64)
+    x = layout_arrays(Layout(fsdp=8, tp=8, micro_batch=1, dtype="bf16", param_dtype="bf16"))
+
+    def step(d):
+        return cluster_step(cfg.replace(d_model=d, head_dim=jnp.float32(128)), spec, net, x, batch_size=64,
+                            seq_len=4096).step_time
+
+    g = float(jax.jit(jax.grad(step))(jnp.float32(4096.0)))
+    fd = (float(step(jnp.float32(4104.0))) - float(step(jnp.float32(4088.0)))) / 16
+    assert g > 0
+    np.testing.assert_allclose(g, fd, rtol=2e-2)

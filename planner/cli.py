@@ -407,9 +407,19 @@ def cmd_layout(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     seq = cfg.seq_len if args.seq is None else args.seq
+    # Whole sequences, rounded to a multiple of the largest power of two dividing the chip count
+    # (at most the batch), so that data parallelism can use the chips.
     batch = max(1, round(_tokens(args.batch_tokens) / seq))
+    if isinstance(args.chips, int) and args.chips > 0:
+        m = 1 << min((args.chips & -args.chips).bit_length() - 1, batch.bit_length() - 1)
+        batch = max(m, m * round(batch / m))
+    import hardware
+
+    tpu = hardware.get(args.hardware).interconnect.startswith("ici")
+    # the software stack plan() assumes: XLA overlaps TP collectives on TPU; Megatron-core /
+    # NeMo overlap the DP gradient reduction on GPUs
     res = search_layouts(cfg, hardware=args.hardware, chips=args.chips, batch_size=batch, seq_len=seq,
-                         dtype=args.dtype, top=args.top, slices=args.slices)
+                         dtype=args.dtype, top=args.top, slices=args.slices, tp_overlap=tpu, dp_overlap=not tpu)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0

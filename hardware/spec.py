@@ -125,6 +125,9 @@ class Spec:
       gpu_device: for a GPU, the device description XLA's GPU compiler needs to compile for it
         without the hardware (`GPU_DEVICE_FIELDS`), each field with a source under
         "gpu_device.<field>"; None for other chips.
+      network: how the chips are networked beyond the two bandwidths above, as
+        `hardware.network` reads it (tier kinds, latencies, torus shape); each number in it has
+        its source under "network.<key>" in `sources`. Empty = derived from the fields above.
     """
 
     name: str
@@ -140,6 +143,7 @@ class Spec:
     tpu_topology: str | None = None
     tpu_chip_config: str | None = None
     gpu_device: dict[str, Any] | None = None
+    network: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -196,6 +200,11 @@ class Spec:
             set_("gpu_device", _check_gpu_device(who, self.gpu_device))
 
         set_("sources", _check_sources(who, self.sources, peaks, self.gpu_device))
+        if not isinstance(self.network, dict):
+            raise ValueError(f"{who}: network must be a table (see hardware.network), got {self.network!r}")
+        from hardware.network import check_network_table
+
+        check_network_table(who, self.network, self.sources)
 
     @staticmethod
     def required_sources(peak_flops: dict[str, Any]) -> tuple[str, ...]:
@@ -232,6 +241,7 @@ class Spec:
             self.inter_node_bandwidth, tuple(sorted(self.sources.items())), self.aliases,
             self.tpu_topology, self.tpu_chip_config,
             tuple(sorted((self.gpu_device or {}).items())),
+            tuple(sorted((k, str(v)) for k, v in self.network.items())),
         ))
 
 
@@ -281,7 +291,7 @@ def _check_sources(who: str, sources: Any, peaks: dict[str, float],
     allowed = set(NUMERIC_FIELDS) | {f"peak_flops.{d}" for d in DTYPES} | set(gpu_keys) \
         | {"tpu_topology", "tpu_chip_config"}
     for key, text in sources.items():
-        if key not in allowed:
+        if key not in allowed and not key.startswith("network."):
             raise ValueError(
                 f"{who}: sources has unknown key {key!r}; valid keys: {', '.join(sorted(allowed))}"
             )
@@ -295,7 +305,8 @@ def _check_sources(who: str, sources: Any, peaks: dict[str, float],
 # and one [sources] table), so no dependency is needed.
 
 _TOP_FIELDS = tuple(f.name for f in dataclasses.fields(Spec))
-_REQUIRED = tuple(f.name for f in dataclasses.fields(Spec) if f.default is dataclasses.MISSING)
+_REQUIRED = tuple(f.name for f in dataclasses.fields(Spec)
+                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
 
 
 def from_toml(text: str, where: str = "<string>") -> Spec:
@@ -373,6 +384,19 @@ def to_toml(spec: Spec) -> str:
             text = _toml_str(value) if isinstance(value, str) else (
                 _toml_float(value) if isinstance(value, float) else str(value))
             lines.append(f"{field} = {text}")
+    if spec.network:
+        lines += ["", "[network]"]
+        for k, v in spec.network.items():
+            if isinstance(v, str):
+                lines.append(f"{k} = {_toml_str(v)}")
+            elif isinstance(v, bool):
+                lines.append(f"{k} = {str(v).lower()}")
+            elif isinstance(v, list | tuple):
+                lines.append(f"{k} = [{', '.join(str(int(x)) for x in v)}]")
+            elif isinstance(v, int):
+                lines.append(f"{k} = {v}")
+            else:
+                lines.append(f"{k} = {_toml_float(float(v))}")
     lines += ["", "[sources]"]
     lines += [f"{_toml_str(k)} = {_toml_str(v)}" for k, v in spec.sources.items()]
     return "\n".join(lines) + "\n"

@@ -44,7 +44,7 @@ PIPELINE_SCHEDULES = ("1f1b", "gpipe", "interleaved")
 #: Mesh degrees, in the order the mesh axes are laid out (outermost first).
 MESH_DEGREES = ("pp", "dp", "fsdp", "cp", "tp")
 _INT_FIELDS = MESH_DEGREES + ("virtual_stages", "micro_batch", "ep")
-_BOOL_FIELDS = ("sequence_parallel", "optimizer_sharding", "master_fp32")
+_BOOL_FIELDS = ("sequence_parallel", "optimizer_sharding", "master_fp32", "tp_overlap", "dp_overlap")
 _CHOICE_FIELDS = {
     "remat": REMAT_POLICIES,
     "attention": ATTENTION_KINDS,
@@ -78,6 +78,12 @@ class Layout:
       schedule: pipeline schedule: "1f1b", "gpipe", or "interleaved" (needs virtual_stages > 1).
       optimizer_sharding: ZeRO-1 over ``dp``: optimizer state (and fp32 master) sharded.
       ep: expert-parallel degree, for mixture-of-experts layers; must divide dp * fsdp.
+      tp_overlap: the tensor-parallel collectives run concurrently with the layer's matmuls
+        (XLA's async collectives / collective matmul on TPU, Transformer Engine's userbuffers
+        on GPU); otherwise they sit on the critical path, as in Megatron-LM 2021-2022.
+      dp_overlap: the data-parallel gradient reduction is bucketed and overlapped with the
+        backward pass (PyTorch DDP buckets, Megatron-core ``overlap_grad_reduce``); otherwise it
+        runs after the backward pass.
     """
 
     remat: str = "none"
@@ -96,6 +102,8 @@ class Layout:
     schedule: str = "1f1b"
     optimizer_sharding: bool = False
     ep: int = 1
+    tp_overlap: bool = False
+    dp_overlap: bool = False
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:

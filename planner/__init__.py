@@ -31,8 +31,10 @@ from planner.collectives import Collective, bytes_per_axis, collectives
 from planner.laws import LAWS, FitResult, ScalingLaw, fit_scaling_law, get_law, load_dataset, load_runs_csv
 from planner.memory import MemoryEstimate, estimate_memory, kv_cache_bytes
 from planner.params import PARAM_COMPONENTS, ParamCount, count_params, param_components
-from planner.search import DEFAULT_BASE, Plan, deepseek_batch_tokens, frontier, inference_aware, plan
-from planner.timing import ComponentTime, StepTime, roofline
+from planner.layouts import LayoutResult, LayoutSearch, search_layouts
+from planner.published import PublishedRun, published_runs
+from planner.search import DEFAULT_BASE, Plan, deepseek_batch_tokens, frontier, inference_aware, plan, plan_note
+from planner.timing import ClusterStep, ComponentTime, StepTime, cluster_step, roofline
 from planner.targets import (
     ModelProgram,
     Target,
@@ -92,6 +94,14 @@ __all__ = [
     "estimate_memory",
     "kv_cache_bytes",
     "roofline",
+    "ClusterStep",
+    "cluster_step",
+    "LayoutResult",
+    "LayoutSearch",
+    "search_layouts",
+    "PublishedRun",
+    "published_runs",
+    "plan_note",
     "default_grid",
     "validate",
     "ModelProgram",

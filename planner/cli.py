@@ -560,10 +560,40 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_text(run, r) -> str:
+    e = r.exposed_comm
+    lines = [f"{run.name}: {run.title}", f"source      {run.source}",
+             f"hardware    {run.chips} x {run.hardware}" + (f" in {run.slices} slices" if run.slices > 1 else ""),
+             f"layout      {run.layout.to_string()}",
+             f"batch       {run.batch_size} x {run.seq_len} tokens; measured {run.measured} ({run.flop_convention})",
+             "",
+             f"published   {run.step_time:.3f} s/step",
+             f"predicted   {r.step_time:.3f} s/step ({100 * (r.step_time / run.step_time - 1):+.1f}%)"
+             f"  [{'fit' if run.fit else 'held out'}]",
+             f"            MFU {100 * r.mfu:.1f}%, HFU {100 * r.hfu:.1f}%, bubble {r.bubble_time:.3f} s, "
+             f"optimizer {r.optimizer_time:.3f} s",
+             "            exposed comm " + ", ".join(f"{k} {v:.3f} s" for k, v in e.items() if v),
+             f"            memory/chip {human(r.memory_per_chip, 'B')}"]
+    if run.assumed:
+        lines.append("assumed     " + "; ".join(run.assumed))
+    return "\n".join(lines)
+
+
 def cmd_time(args: argparse.Namespace) -> int:
     from planner.memory import estimate_memory
     from planner.timing import roofline
 
+    if args.run is not None:
+        from planner.published import published_runs
+
+        run = published_runs(args.run)
+        r = roofline(run.model, hardware=run.hardware, layout=run.layout, batch_size=run.batch_size,
+                     seq_len=run.seq_len, slices=run.slices, dropout=run.dropout)
+        if args.json:
+            print(json.dumps({"run": run.to_dict(), "predicted": r.to_dict()}, indent=2, default=str))
+        else:
+            print(_run_text(run, r))
+        return 0
     if args.hardware is None:
         raise UsageError("give --hardware NAME (see 'planner hardware') or a spec file path")
     if args.plot is not None:
@@ -666,6 +696,8 @@ def _check_dtype(spec, dtype: str) -> None:
                          f"{next(iter(spec.peak_flops))}, or add peak_flops.{dtype_key(dtype)} to its spec file"
                          + (" ('planner calibrate' measures fp32 and bf16)" if spec.name.startswith("calibrated")
                             else ""))
+
+
 def _time_on_target(cfg, args: argparse.Namespace, target):
     from models.layout import Layout
     from planner.targets import ModelProgram, compile_for_target
@@ -686,6 +718,48 @@ def _target_time_json(r, c) -> dict:
             "flops_per_device": c.flops, "dot_flops_per_device": c.dot_flops,
             "memory": c.memory.to_dict(), "collectives": len(c.collectives),
             "collective_bytes": c.collective_bytes}
+
+
+def _tokens(text: str) -> float:
+    units = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
+    t = str(text).strip().lower()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise UsageError(f"--batch-tokens {text!r}: give a number of tokens such as 4M or 4194304") from None
+
+
+def cmd_layout(args: argparse.Namespace) -> int:
+    from planner.layouts import search_layouts
+
+    cfg = config_from_args(args)
+    seq = cfg.seq_len if args.seq is None else args.seq
+    # Whole sequences, rounded to a multiple of the largest power of two dividing the chip count
+    # (at most the batch), so that data parallelism can use the chips.
+    batch = max(1, round(_tokens(args.batch_tokens) / seq))
+    if isinstance(args.chips, int) and args.chips > 0:
+        m = 1 << min((args.chips & -args.chips).bit_length() - 1, batch.bit_length() - 1)
+        batch = max(m, m * round(batch / m))
+    import hardware
+
+    tpu = hardware.get(args.hardware).interconnect.startswith("ici")
+    # the software stack plan() assumes: XLA overlaps TP collectives on TPU; Megatron-core /
+    # NeMo overlap the DP gradient reduction on GPUs
+    res = search_layouts(cfg, hardware=args.hardware, chips=args.chips, batch_size=batch, seq_len=seq,
+                         dtype=args.dtype, top=args.top, slices=args.slices, tp_overlap=tpu, dp_overlap=not tpu)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2))
+        return 0
+    print(f"{args.preset or 'custom config'} on {args.chips} x {args.hardware}, batch {batch} x {seq} tokens: "
+          f"{res.evaluated} valid layouts, {res.fitting} fit in memory\n")
+    rows = []
+    for r in res.best:
+        e = r.exposed_comm
+        rows.append((r.layout.to_string(),
+                     f"{r.step_time:.3f}", f"{100 * r.mfu:.1f}%", f"{r.bubble_time:.3f}",
+                     f"{sum(e.values()):.3f}", human(r.memory_per_chip, "B")))
+    print(table(("layout", "step s", "MFU", "bubble s", "exposed comm s", "memory/chip"), rows, "lrrrrr"))
+    return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -804,6 +878,7 @@ def _plan_json(p, args=None) -> dict:
         "hardware": _plan_hardware(p, args) if args is not None else None, "notes": list(p.notes),
         "layout": None if p.layout is None else p.layout.to_string(),
         "memory_breakdown": None if p.memory is None else p.memory.to_dict()["breakdown"],
+        "layout_result": None if p.layout_result is None else p.layout_result.to_dict(),
     }
 
 
@@ -828,10 +903,21 @@ def _plan_text(p, args=None) -> str:
     if p.step_time is not None:
         lines.insert(4, f"hardware    step {p.step_time * 1e3:.1f} ms, MFU {100 * p.mfu:.1f}%, {p.days:.2f} days, "
                         f"memory/chip {human(p.memory_per_chip, 'B')}")
+        if p.layout_result is not None:
+            e = p.layout_result.exposed_comm
+            lines.insert(5, f"layout      {p.layout_result.layout.to_string()}; bubble "
+                            f"{p.layout_result.bubble_time * 1e3:.1f} ms, exposed comm "
+                            + (", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in e.items() if v) or "none"))
+            from planner.search import plan_note
+
+            note = plan_note(p)
+            if note:
+                lines.append(f"note        {note}")
     if p.memory is not None:
         lay = p.layout
-        lines.append(f"layout      {lay.to_string()}: remat={lay.remat} and micro-batch "
-                     f"{p.micro_batch} chosen as the least recomputation, then the largest micro-batch, that fits")
+        how = ("the fastest layout of planner.layouts that fits" if p.layout_result is not None else
+               "the least recomputation, then the largest micro-batch, that fits")
+        lines.append(f"layout      {lay.to_string()}: remat={lay.remat} and micro-batch {p.micro_batch} chosen as {how}")
         lines.append("memory/chip (bytes per chip, each term on its own line):")
         lines.extend(memory_lines(p.memory))
     if hw is not None:
@@ -1026,7 +1112,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="write the per-component roofline as a PNG (needs matplotlib)")
     p.add_argument("--shard", action="store_true",
                    help="memory with parameters, gradients and AdamW state sharded over the chips (FSDP)")
+    p.add_argument("--run", metavar="NAME", help="a shipped published run: predicted against published step time")
     p.set_defaults(func=cmd_time)
+
+    p = sub.add_parser("layout", help="the fastest layouts (mesh, micro-batch, remat) of a model on a cluster")
+    _add_config_args(p)
+    p.add_argument("--hardware", metavar="NAME", required=True, help="a target name, alias, or spec file (.toml)")
+    p.add_argument("--chips", type=int, required=True, help="chips in the cluster")
+    p.add_argument("--batch-tokens", dest="batch_tokens", metavar="TOKENS", required=True,
+                   help="tokens per step, e.g. 4M (rounded to whole sequences)")
+    p.add_argument("--seq", type=int, metavar="T", help="tokens per sequence (default: the config's seq_len)")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp8"), help="compute dtype (default bf16)")
+    p.add_argument("--slices", type=int, default=1, help="TPU slices joined by DCN (default 1)")
+    p.add_argument("--top", type=int, default=10, help="layouts to show (default 10)")
+    p.set_defaults(func=cmd_layout)
 
     p = sub.add_parser("calibrate", help="measure this machine's matmul FLOP/s and memory bandwidth")
     p.add_argument("--out", metavar="FILE", help="write the measured spec here (a TOML target file)")

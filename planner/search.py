@@ -36,6 +36,7 @@ from models.config import TransformerConfig
 from models.layout import Layout
 from planner.flops import CONVENTIONS, count_flops
 from planner.laws import ScalingLaw, get_law
+from planner.memory import estimate_memory
 from planner.params import count_params
 
 #: A Llama-style base: SwiGLU (d_ff = 2.6875 d_model as Llama 2 7B), RMSNorm, RoPE, no biases,
@@ -95,8 +96,9 @@ class Plan(NamedTuple):
     law: ScalingLaw
     budget: float
     notes: tuple[str, ...] = ()
-    layout: Any = None  # hardware budgets: the chosen models.Layout (remat policy, micro-batch)
+    layout: Any = None  # hardware budgets: the chosen models.Layout (mesh, remat policy, micro-batch)
     memory: Any = None  # hardware budgets: its planner.memory.MemoryEstimate (breakdown per chip)
+    layout_result: Any = None  # hardware budgets searched by planner.layouts: the best LayoutResult
 
 
 def inference_aware(law: ScalingLaw, target_loss: float, inference_tokens: float, *,
@@ -189,17 +191,45 @@ def _law_params(s: _Setup, cfg):
 
 
 def _hw_step(s: _Setup, cfg, batch_size, layout=None):
-    """(time of one step, its MFU) on the hardware budget: the roofline's (with the forward work
-    ``layout`` recomputes), or the fma training FLOPs at the given MFU. Works on exact and
-    relaxed configs."""
+    """(time of one step, its MFU) on the hardware budget: the cluster step time of ``layout``
+    (`planner.roofline(layout=)`), or without one the relaxation's proxy layout
+    (`_proxy_step`), or the fma training FLOPs at the given MFU. Works on exact and relaxed
+    configs (a layout only on exact ones)."""
     from planner.timing import roofline
 
     if s.mfu is None:
-        r = roofline(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=cfg.seq_len, dtype=s.dtype,
-                     layout=layout)
+        if layout is None:
+            return _proxy_step(s, cfg, batch_size)
+        r = roofline(cfg, hardware=s.hw, batch_size=batch_size, seq_len=cfg.seq_len, layout=layout,
+                     slices=slices_for(s.hw, s.chips))
         return r.step_time, r.mfu
     model = count_flops(cfg, batch_size=batch_size, seq_len=cfg.seq_len, mode="train", convention="fma").total
     return model / (s.chips * s.hw.peak(s.dtype) * s.mfu), s.mfu
+
+
+def _proxy_step(s: _Setup, cfg, batch_size):
+    """(step time, MFU) of the relaxation: `planner.timing.cluster_step` under a fixed layout
+    that any shape can use: FSDP inside the fast domain (an NVLink node, or a TPU slice), data
+    parallel across domains, no recomputation, flash attention, the whole per-chip batch in one
+    micro-batch (memory is checked at the rounding, with each candidate's best layout). Works
+    on relaxed configs and a traced chip count."""
+    from hardware.network import network, numbers, with_numbers
+    from planner.timing import cluster_step
+
+    spec, chips = s.hw, jnp.asarray(s.chips, jnp.float32)
+    tpu = spec.interconnect.startswith("ici")
+    net = network(spec, 1)
+    if tpu:
+        fsdp = jnp.minimum(chips, float(spec.domain_size))
+        net = with_numbers(net, dict(numbers(net), fast_size=fsdp, fast_wraparound=1.0))
+    else:
+        fsdp = jnp.minimum(chips, float(spec.domain_size))
+    dp = chips / fsdp
+    x = {"tp": 1.0, "pp": 1.0, "cp": 1.0, "dp": dp, "fsdp": fsdp, "v": 1.0, "mb": batch_size / chips, "remat": 0,
+         "flash": 1, "sp": 0, "opt_shard": 1, "act_bytes": 2, "param_bytes": 2, "master": 1,
+         "fp8": int(s.dtype == "fp8"), "tp_overlap": int(tpu), "dp_overlap": int(not tpu)}
+    r = cluster_step(cfg, spec, net, x, batch_size=batch_size, seq_len=cfg.seq_len)
+    return r.step_time, r.model_flops / (r.step_time * chips * spec.peak(s.dtype))
 
 
 def _tokens_and_loss(s: _Setup, cfg, log_budget, batch_size):
@@ -227,15 +257,24 @@ def _project(s: _Setup, x):
     return jnp.stack([ld, ll, lr])
 
 
-@functools.lru_cache(maxsize=32)
 def _search_fn(s: _Setup, steps: int, lr: float):
-    """jit(vmap over budgets(vmap over starts(Adam loop))) -> best log-sizes per budget."""
+    """jit(vmap over budgets(vmap over starts(Adam loop))) -> best log-sizes per budget. The chip
+    count is a traced argument, so one compilation serves every cluster size of a chip."""
+    fn = _search_fn_cached(s._replace(chips=1), steps, lr)
+    chips = jnp.float32(s.chips)
+    return lambda budgets, batches, starts: fn(budgets, batches, starts, chips)
+
+
+@functools.lru_cache(maxsize=32)
+def _search_fn_cached(s0: _Setup, steps: int, lr: float):
     opt = optax.adam(lr)
 
-    def objective(x, log_budget, batch_size):
-        return _tokens_and_loss(s, _shape(s, x, batch_size), log_budget, batch_size)[2]
+    def run_one(x0, budget, batch_size, chips):
+        s = s0._replace(chips=chips)
 
-    def run_one(x0, budget, batch_size):
+        def objective(x, log_budget, batch_size):
+            return _tokens_and_loss(s, _shape(s, x, batch_size), log_budget, batch_size)[2]
+
         x0 = _project(s, x0)
         grad = jax.value_and_grad(objective)
 
@@ -248,12 +287,12 @@ def _search_fn(s: _Setup, steps: int, lr: float):
         (x, _), _ = jax.lax.scan(body, (x0, opt.init(x0)), None, length=steps)
         return x, objective(x, budget, batch_size)
 
-    def run(budget, batch_size, starts):
-        xs, losses = jax.vmap(run_one, in_axes=(0, None, None))(starts, budget, batch_size)
+    def run(budget, batch_size, starts, chips):
+        xs, losses = jax.vmap(run_one, in_axes=(0, None, None, None))(starts, budget, batch_size, chips)
         best = jnp.nanargmin(losses)
         return xs[best], losses[best]
 
-    return jax.jit(jax.vmap(run, in_axes=(0, 0, None)))
+    return jax.jit(jax.vmap(run, in_axes=(0, 0, None, None)))
 
 
 def _starts(s: _Setup) -> jnp.ndarray:
@@ -280,6 +319,10 @@ def _kv_heads(s: _Setup, heads: int) -> int | None:
 def _candidates(s: _Setup, d_cont: float, l_cont: float, ratio: float, *, multiple: int, head_dims,
                 ff_multiple: int) -> list[TransformerConfig]:
     """Hardware-friendly shapes around a continuous optimum."""
+    if s.hw is not None and d_cont >= 2048:
+        # heads even (a multiple of 4 at head_dim 64; of 4, or 8 at head_dim 64, from d_model
+        # 8192 on), so that tensor-parallel degrees divide them
+        multiple = max(multiple, 256 if d_cont < 8192 else 512)
     if s.fixed_d_model is not None:
         ds = [s.fixed_d_model]
     else:
@@ -357,22 +400,34 @@ def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, ma
     if s.hw is None:
         steps = int(budget // step_flops) if isinstance(step_flops, int) else int(math.floor(budget / float(step_flops)))
     else:
-        # The layout (default: FSDP over the chips, flash attention) with the cheapest remat
-        # policy and micro-batch that fit; the step's roofline time includes what it recomputes.
-        lay = default_layout(s.chips, s.dtype) if layout is None else layout
-        try:
-            lay.check(cfg, batch_size=batch_size, seq_len=t)
-        except ValueError:
-            return None  # this shape cannot be split as the layout asks
-        found = _fitting_layout(cfg, batch_size, lay, max_memory)
-        if found is None:
-            return None
-        lay, mem = found
-        step_time, mfu = _hw_step(s, cfg, batch_size, lay)
+        if layout is not None:
+            # The user's layout, with the cheapest remat policy and micro-batch that fit (those
+            # it leaves at their defaults are searched); its cluster step time.
+            try:
+                layout.check(cfg, batch_size=batch_size, seq_len=t)
+            except ValueError:
+                return None  # this shape cannot be split as the layout asks
+            found = _fitting_layout(cfg, batch_size, layout, max_memory)
+            if found is None:
+                return None
+            lay, mem = found
+            step_time, mfu = _hw_step(s, cfg, batch_size, lay)
+            result = None
+        else:
+            # The best layout of this shape on the chips (planner.layouts): the fastest valid mesh,
+            # micro-batch and recomputation whose memory fits.
+            result = _best_layout(s, cfg, batch_size, max_memory)
+            if result is None:
+                return None
+            lay = result.layout
+            step_time, mfu = result.step_time, result.mfu
+            if s.mfu is not None:
+                step_time, mfu = _hw_step(s, cfg, batch_size)
+            mem = estimate_memory(cfg, batch_size=batch_size, seq_len=t, layout=lay)
         steps = int(math.floor(budget / step_time))
         micro = lay.micro_batch or batch_size // lay.data_parallel
         out.update(step_time=step_time, mfu=mfu, memory=float(mem.total), micro_batch=micro, layout=lay,
-                   memory_estimate=mem)
+                   memory_estimate=mem, layout_result=result)
     if steps < 1:
         return None
     tokens = steps * batch_size * t
@@ -415,6 +470,44 @@ def _notes(s: _Setup, best: dict, cont: dict, max_memory) -> tuple[str, ...]:
         notes.append(f"predicted loss {best['loss']:.3f} is above ln(vocab_size) = {uniform:.3f}, the loss of a "
                      "uniform guess: the law is extrapolated far outside its data (raise the budget or the MFU)")
     return tuple(notes)
+
+
+def slices_for(spec, chips: int) -> int:
+    """TPU slices needed for ``chips`` chips: the fewest that divide them and fit the pod (1 on GPUs)."""
+    if not spec.interconnect.startswith("ici") or chips <= spec.domain_size:
+        return 1
+    return next(k for k in range(math.ceil(chips / spec.domain_size), chips + 1)
+                if chips % k == 0 and chips // k <= spec.domain_size)
+
+
+def _best_layout(s: _Setup, cfg: TransformerConfig, batch_size: int, max_memory):
+    from planner.layouts import search_layouts
+
+    try:
+        res = search_layouts(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=cfg.seq_len,
+                             dtype=s.dtype, top=1, slices=slices_for(s.hw, s.chips),
+                             tp_overlap=s.hw.interconnect.startswith("ici"),
+                             dp_overlap=not s.hw.interconnect.startswith("ici"), remat=("none", "selective", "full"),
+                             attention=("flash",), max_memory_per_chip=max_memory)
+    except ValueError:
+        return None
+    return res.best[0]
+
+
+def plan_note(p: Plan) -> str | None:
+    """Why a hardware budget is not used well (MFU below 45%), from the plan's layout breakdown:
+    the largest of bubble, exposed communication per axis, and the work per chip."""
+    lay = p.layout_result
+    if lay is None or p.mfu is None or p.mfu >= 0.45:
+        return None
+    losses = {"the pipeline bubble": lay.bubble_time}
+    losses.update({f"exposed {axis} communication": t for axis, t in lay.exposed_comm.items()})
+    what, t = max(losses.items(), key=lambda kv: kv[1])
+    per_chip = p.batch_size * p.config.seq_len / lay.layout.chips
+    why = (f"{what} takes {t:.3g} s of the {p.step_time:.3g} s step" if t > 0.1 * p.step_time else
+           f"each chip gets {per_chip:.0f} tokens per step, too few to keep it busy")
+    return (f"MFU {100 * p.mfu:.0f}%: {why}. The budget buys more chips than this model and batch can keep "
+            "busy: more days (a bigger model) or fewer chips use it better.")
 
 
 def _inference(s: _Setup, best: dict, inference_tokens) -> dict | None:
@@ -696,6 +789,6 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
             step_time=step_time, mfu=mfu_out, days=days_out, memory_per_chip=memory,
             micro_batch=best["micro_batch"], inference=_inference(s, best, inference_tokens), convention=s.convention, law=s.law, budget=budget,
             notes=_notes(s, best, {"d_model": d_c, "n_layers": l_c}, max_memory_per_chip),
-            layout=best.get("layout"), memory=best.get("memory_estimate"),
+            layout=best.get("layout"), memory=best.get("memory_estimate"), layout_result=best.get("layout_result"),
         ))
     return plans

@@ -14,7 +14,11 @@ import jax
 import jax.numpy as jnp
 
 from models.config import TransformerConfig, check_size
-from planner.flops import FLOP_COMPONENTS, count_flops, step_matmuls
+import dataclasses
+
+from hardware.network import collective_time, network, strides
+from models.layout import Layout
+from planner.flops import FLOP_COMPONENTS, Matmul, count_flops, forward_matmuls, step_matmuls
 from planner.memory import _dtype_bytes
 from planner.params import count_params, promote
 
@@ -44,8 +48,27 @@ class StepTime(NamedTuple):
     hardware: str
     chips: Any
     dtype: str
+    # With a layout (else None): the cluster breakdown.
     hfu: Any = None  # hardware FLOPs (recomputation included) / (step_time x chips x peak)
     hardware_flops: Any = None  # what the chips execute: model FLOPs + the layout's recomputation
+    bubble_time: Any = None
+    exposed_comm: dict | None = None  # mesh axis -> exposed seconds per step
+    optimizer_time: Any = None
+    memory_per_chip: Any = None
+    fits: Any = None
+    layout: Layout | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("step_time", "compute_time", "comm_time", "tokens_per_s", "mfu",
+                                             "model_flops", "hfu", "hardware_flops", "bubble_time", "optimizer_time",
+                                             "memory_per_chip", "fits")}
+        out = {k: (None if v is None else float(v) if not isinstance(v, bool) else v) for k, v in out.items()}
+        out.update(hardware=self.hardware, chips=int(self.chips), dtype=self.dtype,
+                   exposed_comm=None if self.exposed_comm is None else {k: float(v) for k, v in self.exposed_comm.items()},
+                   layout=None if self.layout is None else self.layout.to_string(),
+                   components={k: {"flops": float(c.flops), "bytes": float(c.bytes), "time": float(c.time)}
+                               for k, c in self.components.items()})
+        return out
 
 
 def _max(a, b):
@@ -107,8 +130,9 @@ def _link_bandwidth(spec, chips):
     return jnp.where(chips <= spec.domain_size, spec.interconnect_bandwidth, spec.inter_node_bandwidth)
 
 
-def roofline(cfg: TransformerConfig, *, hardware, chips=1, batch_size=1, seq_len=None,
-             dtype: str = "bf16", mode: str = "train", param_dtype: str = "fp32", layout=None) -> StepTime:
+def roofline(cfg: TransformerConfig, *, hardware, chips=None, batch_size=1, seq_len=None,
+             dtype: str | None = None, mode: str = "train", param_dtype: str | None = None,
+             layout: Layout | None = None, slices: int = 1, dropout: bool = False) -> StepTime:
     """Roofline time of one step of ``models.Transformer(cfg)`` on ``chips`` chips of ``hardware``.
 
     Args:
@@ -118,15 +142,29 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=1, batch_size=1, seq_len
         never another dtype's peak) and the activation bytes.
       mode: "train" (forward, backward, AdamW), "forward" or "backward".
 
-    FLOPs per component are the "xla" convention's (what the program executes), with the forward
-    work ``layout`` (a `models.Layout`) recomputes (`planner.flops.recompute_flops`); bytes per
-    component are `component_bytes` (flash attention moves no score matrix through HBM). ``mfu``
-    counts model FLOPs, ``hfu`` hardware FLOPs (recomputation included). The gradient all-reduce moves 2 (chips - 1) / chips x
+      layout: a `Layout`: the cluster step time (`cluster_step`) of that mesh, micro-batch,
+        recomputation and precision; ``chips`` (if given) must equal ``layout.chips``, ``dtype``
+        and ``param_dtype`` (if given) must equal the layout's. Train mode only.
+      slices: TPU slices the chips span (DCN between them); see `hardware.network.network`.
+      dropout: with a layout, count the HBM traffic of dropout masks (the model itself has no
+        dropout; the published Megatron runs trained with it).
+
+    Without a layout: FLOPs per component are the "xla" convention's (what the program
+    executes); bytes per component are `component_bytes`. ``mfu`` counts model FLOPs, ``hfu``
+    hardware FLOPs. The gradient all-reduce moves 2 (chips - 1) / chips x
     parameter bytes over the slowest link it crosses (ring algorithm; Patarasuk & Yuan 2009).
     """
     import hardware as hw
 
     spec = hw.resolve(hardware)
+    if layout is not None:
+        return _layout_roofline(cfg, spec, layout, chips=chips, batch_size=batch_size, seq_len=seq_len,
+                                dtype=dtype, mode=mode, param_dtype=param_dtype, slices=slices, dropout=dropout)
+    if slices != 1 or dropout:
+        raise ValueError(f"slices={slices!r}, dropout={dropout!r}: apply with a layout= only")
+    chips = 1 if chips is None else chips
+    dtype = "bf16" if dtype is None else dtype
+    param_dtype = "fp32" if param_dtype is None else param_dtype
     peak = spec.peak(dtype)
     act_bytes = _dtype_bytes("dtype", dtype)
     param_bytes = _dtype_bytes("param_dtype", param_dtype)
@@ -142,11 +180,9 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=1, batch_size=1, seq_len
             raise ValueError(f"batch_size={batch_size}: must be divisible by chips={chips} "
                              "(each chip takes batch_size / chips sequences)")
         local = batch_size // chips
-    flops = count_flops(cfg, batch_size=local, seq_len=seq_len, mode=mode, convention="xla", layout=layout)
+    flops = count_flops(cfg, batch_size=local, seq_len=seq_len, mode=mode, convention="xla")
     cfg_p, local_p, seq_p = promote(cfg, local, seq_len)
     moved = component_bytes(cfg_p, local_p, seq_p, mode=mode, act_bytes=act_bytes, param_bytes=param_bytes)
-    if layout is not None and layout.attention == "flash":
-        moved["softmax"] = 0  # the online softmax stays on chip (Dao et al. 2022, Sec. 3.1)
     comps = {}
     for name in FLOP_COMPONENTS:
         f, by = flops.components[name], moved[name]
@@ -160,10 +196,275 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=1, batch_size=1, seq_len
         comm = 2 * (chips - 1) / chips * grad_bytes / _link_bandwidth(spec, chips)
     step = compute + comm
     model = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode, convention="fma").total
-    executed = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode, convention="fma",
-                           layout=layout).total
+    executed = model  # no layout: nothing is recomputed
     tokens = batch_size * seq_len
     return StepTime(step_time=step, compute_time=compute, comm_time=comm, tokens_per_s=tokens / step,
                     mfu=model / (step * chips * peak), model_flops=model, components=comps,
                     hardware=spec.name, chips=chips, dtype=dtype, hfu=executed / (step * chips * peak),
                     hardware_flops=executed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cluster step time under a Layout: compute of the sharded step at achievable rates, each
+# collective overlapped or exposed by a stated rule, the pipeline bubble, the optimizer.
+
+#: Achievable fraction of the dense peak for a large matmul, by chip family; a matmul whose
+#: smallest dimension is k runs at MATMUL_EFFICIENCY x k / (k + MATMUL_HALF_DIM) (the usual
+#: saturating fit of cuBLAS / MXU efficiency against tile occupancy; Calculon's "gflops
+#: efficiency" table has the same shape). Fitted on `planner.published.FIT_RUNS` by
+#: benchmarks/published_runs.py --fit; every other published run is held out.
+MATMUL_EFFICIENCY = {"gpu": 0.751, "tpu": 0.816}
+MATMUL_HALF_DIM = 40.7
+#: Achievable fraction of HBM bandwidth for the elementwise passes, by chip family. Started at
+#: 0.85 (STREAM-like kernels reach 80-90% of the datasheet bandwidth; Calculon's A100 file uses
+#: 0.9 for >100 MB transfers), then fitted on FIT_RUNS with the two above.
+HBM_EFFICIENCY = {"gpu": 0.817, "tpu": 0.683}
+
+REMAT_CODES = {"none": 0, "selective": 1, "dots": 2, "full": 3}
+SCHEDULE_CODES = {"1f1b": 0, "gpipe": 1, "interleaved": 2}
+_LAYER_MATMULS = ("q", "k", "v", "attn_scores", "attn_values", "attn_out", "mlp_in", "mlp_gate", "mlp_out")
+_ATTN = ("attn_scores", "attn_values")
+_ELEMENTWISE = ("embedding", "rope", "norms", "softmax", "activation", "residual", "loss")
+
+
+class ClusterStep(NamedTuple):
+    """Per-chip times of one step under a layout (seconds; jnp scalars or arrays)."""
+
+    step_time: Any
+    compute_time: Any  # forward + backward + recompute of all micro-batches on the busiest stage
+    bubble_time: Any
+    exposed: dict  # axis -> exposed seconds per step ("tp", "cp", "fsdp", "dp", "pp")
+    optimizer_time: Any
+    model_flops: Any
+    hardware_flops: Any  # model flops + recomputation, per step, all chips
+    memory_per_chip: Any
+    micro_batches: Any
+    wire_bytes: dict  # axis -> bytes one chip sends per step (ring algorithms)
+
+
+def _family(spec) -> str:
+    return "tpu" if spec.interconnect.startswith("ici") else "gpu"
+
+
+def _matmul_time(m: Matmul, peak, k_half):
+    k = jnp.minimum(jnp.minimum(m.m, m.n), m.p)
+    return 2 * m.m * m.n * m.p * m.count / (peak * k / (k + k_half))
+
+
+def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_len) -> ClusterStep:
+    """One training step of ``cfg`` under the layout in ``x`` (numbers or `jnp` arrays, so one
+    call can evaluate many layouts under `vmap`).
+
+    ``x`` keys: tp, pp, dp, fsdp, cp, v (virtual stages), mb (sequences per micro-batch per
+    replica), remat (`REMAT_CODES`), flash, sp, opt_shard (0/1), act_bytes, param_bytes,
+    master (0/1).
+
+    Rules:
+      - compute: each matmul of the chip's shard (heads, d_ff and vocabulary / tp; layers / pp,
+        the busiest stage holding the output head; tokens / cp) at
+        ``peak x MATMUL_EFFICIENCY x k / (k + MATMUL_HALF_DIM)``; elementwise passes at
+        ``HBM_EFFICIENCY x`` HBM bandwidth (`component_bytes`), norms and residuals / tp with
+        sequence parallelism; flash attention keeps scores out of HBM, skips the masked half and
+        recomputes them in the backward pass. Recomputation adds the forward of what the policy
+        drops (full: the layers; selective: attention scores and values; dots: the elementwise
+        and the attention matmuls, which have batch dimensions, as JAX's
+        ``dots_with_no_batch_dims_saveable`` keeps only the others).
+      - tp: 2 all-reduces of the activations per layer forward, 2 backward, 2 more when the
+        layer is recomputed (as reduce-scatter + all-gather with sequence parallelism, the same
+        bytes); exposed (Megatron runs them on the critical path; Shoeybi et al. 2019, Sec. 3),
+        unless ``tp_overlap``: then only their excess over the layer's matmuls.
+      - cp: keys and values all-gathered forward, reduce-scattered backward, overlapped with the
+        attention of the chip's own block (ring attention); the excess is exposed.
+      - fsdp: each layer's weights all-gathered before its forward and backward, its gradients
+        reduce-scattered after; prefetched one layer ahead, so per layer only the excess over
+        that layer's compute is exposed (ZeRO-3; Rajbhandari et al. 2020).
+      - dp: one all-reduce of the chip's gradients per step (reduce-scatter + all-gather with
+        ``optimizer_sharding``); with ``dp_overlap`` bucketed behind the backward pass of the
+        last micro-batch (only the excess exposed), else exposed after it.
+      - dropout (``x["dropout"]``, the published Megatron runs): masks read and written on the
+        attention probabilities (not with flash) and on both residual branches.
+      - pp: each micro-batch sends its activations forward and its gradients back at every
+        stage (and chunk) boundary, exposed; the bubble adds (pp - 1) / v micro-batch times
+        (GPipe and 1F1B: v = 1; interleaved: v = virtual_stages; Narayanan et al. 2021, Sec. 2.2).
+      - optimizer: AdamW reads and writes the chip's shard of the state at HBM bandwidth.
+    """
+    fam = _family(spec)
+    peak = spec.peak("bf16" if x.get("fp8", 0) == 0 else "fp8")
+    eff = MATMUL_EFFICIENCY[fam]
+    bw = spec.hbm_bandwidth * HBM_EFFICIENCY[fam]
+    tp, pp, dp, fsdp, cp = (jnp.asarray(x[k], jnp.float32) for k in ("tp", "pp", "dp", "fsdp", "cp"))
+    v, mb = jnp.asarray(x["v"], jnp.float32), jnp.asarray(x["mb"], jnp.float32)
+    remat, flash, sp = x["remat"], x["flash"], x["sp"]
+    act, pbytes = x["act_bytes"], x["param_bytes"]
+    hd = cfg.resolved_head_dim
+    kv = cfg.resolved_n_kv_heads
+    local = dataclasses.replace(cfg, n_heads=cfg.n_heads / tp, n_kv_heads=kv / tp, head_dim=jnp.float32(hd),
+                                d_ff=cfg.d_ff / tp, n_layers=cfg.n_layers / pp, vocab_size=cfg.vocab_size / tp,
+                                d_model=jnp.float32(cfg.d_model), seq_len=jnp.float32(seq_len))
+    s_loc = seq_len / cp
+    fwd = forward_matmuls(local, mb, s_loc)
+    attn_scale = cp * jnp.where(flash, 0.5, 1.0)  # keys of the whole sequence; causal blocks skipped
+    t_mm = {}
+    for name, m in fwd.items():
+        t = _matmul_time(m, peak * eff, MATMUL_HALF_DIM)
+        t_mm[name] = t * attn_scale if name in _ATTN else t
+    by_f = component_bytes(local, mb, s_loc, mode="forward", act_bytes=act)
+    by_b = component_bytes(local, mb, s_loc, mode="backward", act_bytes=act)
+    shard = jnp.where(sp, tp, 1.0)
+    scale = {"norms": shard, "residual": shard, "softmax": jnp.where(flash, jnp.inf, 1.0 / cp)}
+    t_ew_f = {k: by_f[k] / scale.get(k, 1.0) / bw for k in _ELEMENTWISE}
+    t_ew_b = {k: by_b[k] / scale.get(k, 1.0) / bw for k in _ELEMENTWISE}
+    # Dropout (Megatron's GPT: on the attention probabilities and on both residual branches;
+    # Calculon llm.py's three DropOut layers per block): read, write and a 1-byte mask each way.
+    drop = x.get("dropout", 0)
+    scores_el = mb * local.n_heads * s_loc * seq_len
+    branch_el = 2 * mb * s_loc * cfg.d_model / shard
+    t_drop_attn = jnp.where(flash, 0.0, scores_el * (2 * act + 1) / bw) * drop
+    t_drop_res = branch_el * (2 * act + 1) / bw * drop * local.n_layers
+    t_ew_f["softmax"] = t_ew_f["softmax"] + t_drop_attn * local.n_layers
+    t_ew_b["softmax"] = t_ew_b["softmax"] + t_drop_attn * local.n_layers
+    t_ew_f["residual"] = t_ew_f["residual"] + t_drop_res
+    t_ew_b["residual"] = t_ew_b["residual"] + t_drop_res
+    mm_f = sum(t_mm.values())
+    mm_layers_f = sum(t_mm[k] for k in _LAYER_MATMULS if k in t_mm)
+    attn_f = sum(t_mm[k] for k in _ATTN)
+    ew_f, ew_b = sum(t_ew_f.values()), sum(t_ew_b.values())
+    ew_layers_f = ew_f - t_ew_f["embedding"] - t_ew_f["loss"]
+    t_f = mm_f + ew_f
+    t_b = 2 * mm_f + ew_b + jnp.where(flash, attn_f, 0.0)  # flash recomputes the scores
+    t_re = jnp.select([remat == 3, remat == 2, remat == 1],
+                      [mm_layers_f + ew_layers_f, ew_layers_f + attn_f,
+                       jnp.where(flash, 0.0, attn_f + t_ew_f["softmax"])],
+                      0.0)
+    compute_mb = t_f + t_b + t_re
+    # Collectives of one micro-batch on one stage.
+    st = strides({"tp": tp, "cp": cp, "fsdp": fsdp, "dp": dp, "pp": pp})
+    layers = cfg.n_layers / pp
+    tokens = mb * s_loc
+    ar_tp = collective_time(net, "all_reduce", tokens * cfg.d_model * act, tp, st["tp"])
+    n_ar = 4 + jnp.where(remat == 3, 2, 0)
+    layer_mm = (3 * mm_layers_f + jnp.where(remat == 3, mm_layers_f, 0.0)) / layers
+    exp_tp = layers * jnp.where(x["tp_overlap"], jnp.maximum(0.0, n_ar * ar_tp - layer_mm), n_ar * ar_tp)
+    kv_bytes = tokens * 2 * kv * hd * act / tp
+    t_cp = collective_time(net, "all_gather", kv_bytes * cp, cp, st["cp"])
+    per_layer_attn = attn_f / layers
+    exp_cp = layers * (jnp.maximum(0.0, t_cp - per_layer_attn) + jnp.maximum(0.0, t_cp - 2 * per_layer_attn))
+    p_layer = _layer_params(cfg) / tp
+    ag = collective_time(net, "all_gather", p_layer * act, fsdp, st["fsdp"])
+    rs = collective_time(net, "reduce_scatter", p_layer * pbytes, fsdp, st["fsdp"])
+    layer_f, layer_b = t_f / layers, (t_b + t_re) / layers
+    exp_fsdp = layers * (jnp.maximum(0.0, ag - layer_f) + jnp.maximum(0.0, ag + rs - layer_b))
+    # Each tensor-parallel rank sends its 1/tp slice over its own NIC (the scatter/gather
+    # optimisation, Narayanan et al. 2021 Sec. 4.1; with sequence parallelism the activations
+    # are sharded over tp anyway).
+    send = collective_time(net, "send", tokens * cfg.d_model * act / tp, 2.0, st["pp"])
+    exp_pp = jnp.where(pp > 1, 2 * v * send, 0.0)
+    per_replica = batch_size / (dp * fsdp)
+    m = per_replica / mb
+    t_mb = compute_mb + exp_tp + exp_cp + exp_fsdp + exp_pp
+    bubble = (pp - 1) / v * t_mb
+    n_params = _num(count_params(promote(cfg)).total)
+    p_chip = n_params / (tp * pp * fsdp)
+    t_dp = collective_time(net, "all_reduce", p_chip * pbytes, dp, st["dp"])
+    exp_dp = jnp.where(x.get("dp_overlap", 0), jnp.maximum(0.0, t_dp - t_b), t_dp)
+    opt_share = jnp.where(x["opt_shard"], dp, 1.0)
+    master = x["master"]
+    t_opt = p_chip / opt_share * (2 * pbytes + 5 * 4 + 8 * master) / bw
+    step = m * t_mb + bubble + exp_dp + t_opt
+    model = _num(count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode="train", convention="fma").total)
+    fl = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode="forward", convention="fma").components
+    layer_fwd = _num(sum(fl[k] for k in _LAYER_MATMULS))
+    attn_fwd = _num(fl["attn_scores"] + fl["attn_values"])
+    recompute = jnp.select([remat == 3, remat == 2, remat == 1],
+                           [layer_fwd, attn_fwd, jnp.where(flash, 0.0, attn_fwd)], 0.0)
+    hw_flops = model + recompute + jnp.where(flash, attn_fwd, 0.0)
+    mem = _memory_per_chip(cfg, local, x, mb, s_loc, p_chip, opt_share, m)
+    exposed = {"tp": m * exp_tp, "cp": m * exp_cp, "fsdp": m * exp_fsdp, "dp": exp_dp, "pp": m * exp_pp}
+    ring = lambda g: (g - 1) / g  # noqa: E731
+    wire = {"tp": m * layers * n_ar * 2 * ring(tp) * tokens * cfg.d_model * act,
+            "cp": m * layers * 3 * ring(cp) * kv_bytes * cp,
+            "fsdp": m * layers * ring(fsdp) * p_layer * (2 * act + pbytes),
+            "dp": 2 * ring(dp) * p_chip * pbytes,
+            "pp": jnp.where(pp > 1, m * 2 * v * tokens * cfg.d_model * act / tp, 0.0)}
+    return ClusterStep(step, m * compute_mb, bubble, exposed, t_opt, model, hw_flops, mem, m, wire)
+
+
+def _num(x):
+    """Exact counts (Python ints, past int32) as floats for array arithmetic; arrays unchanged."""
+    return float(x) if isinstance(x, int) else x
+
+
+def _layer_params(cfg: TransformerConfig):
+    pc = count_params(promote(cfg))
+    return _num(pc.total - pc.components.get("embedding", 0) - pc.components.get("position", 0)
+            - pc.components.get("head", 0) - pc.components.get("final_norm", 0)) / cfg.n_layers
+
+
+def _memory_per_chip(cfg, local, x, mb, s_loc, p_chip, opt_share, m):
+    """Bytes per chip: parameters and gradients (sharded over tp, pp, fsdp), AdamW moments and
+    master weights (also over dp with optimizer sharding), the activations of the micro-batches
+    in flight on the first stage (min(pp, m) under 1F1B; Narayanan et al. 2021 Sec. 2.2), logits."""
+    from planner.memory import activation_bytes_per_layer
+
+    pb = x["param_bytes"]
+    states = p_chip * 2 * pb + p_chip / opt_share * (8 + 4 * x["master"])
+    act_name = {1: "bf16", 2: "bf16", 4: "fp32"}
+    full = activation_bytes_per_layer(local, mb, s_loc, dtype="bf16") * x["act_bytes"] / 2
+    own = 3 * mb * local.n_heads * s_loc * s_loc * x["act_bytes"]  # the scores `full` counts
+    no_scores = full - own
+    full = full + own * (x["cp"] - 1)  # with cp, local queries attend to the whole sequence
+    sp = jnp.where(x["sp"], x["tp"], 1.0)
+    kept = jnp.select([x["remat"] == 3, (x["remat"] == 1) | (x["flash"] == 1), x["remat"] == 2],
+                      [mb * s_loc * cfg.d_model * x["act_bytes"] / sp, no_scores, no_scores * 0.6], full)
+    in_flight = jnp.minimum(x["pp"], m) * (1.0 + (x["v"] > 1) * (x["pp"] - 1) / (x["pp"] * x["v"]))
+    acts = local.n_layers * kept * in_flight + jnp.where(x["remat"] == 3, full, 0.0)
+    logits = 10 * mb * s_loc * local.vocab_size
+    del act_name
+    return states + acts + logits
+
+
+def layout_arrays(layout: Layout) -> dict[str, Any]:
+    """The numbers `cluster_step` reads from a Layout."""
+    return {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "fsdp": layout.fsdp, "cp": layout.cp,
+            "v": layout.virtual_stages, "mb": layout.micro_batch, "remat": REMAT_CODES[layout.remat],
+            "flash": int(layout.attention == "flash"), "sp": int(layout.sequence_parallel and layout.tp > 1),
+            "opt_shard": int(layout.optimizer_sharding), "act_bytes": _dtype_bytes("dtype", layout.dtype),
+            "param_bytes": _dtype_bytes("param_dtype", layout.param_dtype), "master": int(layout.master_fp32),
+            "fp8": int(layout.dtype == "fp8"), "tp_overlap": int(layout.tp_overlap),
+            "dp_overlap": int(layout.dp_overlap)}
+
+
+def _layout_roofline(cfg, spec, layout, *, chips, batch_size, seq_len, dtype, mode, param_dtype, slices, dropout):
+    if not isinstance(layout, Layout):
+        raise ValueError(f"layout={layout!r}: give a planner.Layout (e.g. Layout.parse('fsdp=8,tp=8'))")
+    if mode != "train":
+        raise ValueError(f"mode={mode!r}: a layout's step time is for mode='train'")
+    if chips is not None and chips != layout.chips:
+        raise ValueError(f"chips={chips!r}: the layout uses {layout.chips} chips; drop chips= or match it")
+    for name, given, own in (("dtype", dtype, layout.dtype), ("param_dtype", param_dtype, layout.param_dtype)):
+        if given is not None and given != own:
+            raise ValueError(f"{name}={given!r}: the layout says {name}={own!r}; set it in the layout")
+    seq_len = cfg.seq_len if seq_len is None else seq_len
+    check_size("batch_size", batch_size)
+    check_size("seq_len", seq_len)
+    layout.check(cfg, batch_size=batch_size, seq_len=seq_len)
+    if layout.micro_batch is None:
+        layout = layout.replace(micro_batch=max(1, batch_size // layout.data_parallel))
+    peak_dtype = "bf16" if layout.dtype in ("fp16", "fp32") else layout.dtype
+    peak = spec.peak(peak_dtype)
+    net = network(spec, layout.chips, slices=slices)
+    if not isinstance(dropout, bool):
+        raise ValueError(f"dropout={dropout!r}: must be True or False")
+    x = dict(layout_arrays(layout), dropout=int(dropout))
+    r = cluster_step(cfg, spec, net, x, batch_size=batch_size, seq_len=seq_len)
+    chips = layout.chips
+    step = float(r.step_time)
+    comm = sum(float(v) for v in r.exposed.values())
+    mem = float(r.memory_per_chip)
+    return StepTime(step_time=step, compute_time=float(r.compute_time), comm_time=comm,
+                    tokens_per_s=batch_size * seq_len / step, mfu=float(r.model_flops) / (step * chips * peak),
+                    model_flops=r.model_flops, components={}, hardware=spec.name, chips=chips, dtype=layout.dtype,
+                    hfu=float(r.hardware_flops) / (step * chips * peak), hardware_flops=r.hardware_flops,
+                    bubble_time=float(r.bubble_time),
+                    exposed_comm={k: float(v) for k, v in r.exposed.items()}, optimizer_time=float(r.optimizer_time),
+                    memory_per_chip=mem, fits=mem <= spec.hbm_bytes, layout=layout)

@@ -618,8 +618,13 @@ def cmd_time(args: argparse.Namespace) -> int:
     if args.batch is None:  # one sequence per data-parallel replica
         args.batch = lay.data_parallel
     name = _config_name(args)
-    r = roofline(cfg, hardware=spec, chips=chips, batch_size=_batch(args), seq_len=args.seq,
-                 dtype=lay.dtype, param_dtype=lay.param_dtype, layout=lay)
+    # With --layout: the cluster step time of that layout (planner.timing.cluster_step); without,
+    # the per-component roofline of the data-parallel step.
+    if args.layout:
+        r = roofline(cfg, hardware=spec, batch_size=_batch(args), seq_len=args.seq, layout=lay)
+    else:
+        r = roofline(cfg, hardware=spec, chips=chips, batch_size=_batch(args), seq_len=args.seq,
+                     dtype=lay.dtype, param_dtype=lay.param_dtype)
     compiled = _time_on_target(cfg, args, target) if target is not None else None
     m = estimate_memory(cfg, batch_size=_batch(args), seq_len=args.seq, layout=lay, hardware=spec)
     seq = cfg.seq_len if args.seq is None else args.seq
@@ -644,7 +649,8 @@ def cmd_time(args: argparse.Namespace) -> int:
         }))
         return 0
     print(f"{name} on {chips} x {spec.name}, {lay.dtype}, global batch "
-          f"{_batch(args)} x {seq} tokens, layout {lay.to_string() or 'default'} (roofline: data parallel)\n")
+          f"{_batch(args)} x {seq} tokens, layout {lay.to_string() or 'default'} "
+          f"({'cluster step time of the layout' if args.layout else 'roofline: data parallel'})\n")
     rows = [(k, f"{float(c.flops):.3g}", human(float(c.bytes), "B"), f"{c.time * 1e3:.3f}", c.bound)
             for k, c in r.components.items() if c.flops or c.bytes]
     print(table(("component", "FLOPs/chip", "bytes/chip", "ms", "bound"), rows, "lrrrl"))
@@ -692,7 +698,7 @@ def _check_dtype(spec, dtype: str) -> None:
 
     if dtype_key(dtype) not in spec.peak_flops:
         have = ", ".join(spec.peak_flops)
-        raise UsageError(f"{spec.name} has no {dtype} peak (it lists {have}); pass --dtype "
+        raise UsageError(f"{spec.name} has no {dtype!r} peak (it lists {have}); pass --dtype "
                          f"{next(iter(spec.peak_flops))}, or add peak_flops.{dtype_key(dtype)} to its spec file"
                          + (" ('planner calibrate' measures fp32 and bf16)" if spec.name.startswith("calibrated")
                             else ""))

@@ -485,13 +485,23 @@ def _best_layout(s: _Setup, cfg: TransformerConfig, batch_size: int, max_memory)
 
     try:
         res = search_layouts(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=cfg.seq_len,
-                             dtype=s.dtype, top=1, slices=slices_for(s.hw, s.chips),
+                             dtype=s.dtype, top=BEST_LAYOUTS_CHECKED, slices=slices_for(s.hw, s.chips),
                              tp_overlap=s.hw.interconnect.startswith("ici"),
                              dp_overlap=not s.hw.interconnect.startswith("ici"), remat=("none", "selective", "full"),
                              attention=("flash",), max_memory_per_chip=max_memory)
     except ValueError:
         return None
-    return res.best[0]
+    # The search screens memory with its array estimate; the plan reports `estimate_memory`'s
+    # breakdown, so take the fastest layout that this closed form also fits.
+    limit = s.hw.hbm_bytes if max_memory is None else max_memory
+    for r in res.best:
+        if estimate_memory(cfg, batch_size=batch_size, seq_len=cfg.seq_len, layout=r.layout).total <= limit:
+            return r
+    return None
+
+
+#: How many of the layout search's fastest layouts a plan checks with `estimate_memory`.
+BEST_LAYOUTS_CHECKED = 10
 
 
 def plan_note(p: Plan) -> str | None:

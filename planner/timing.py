@@ -404,12 +404,10 @@ def _memory_per_chip(cfg, local, x, mb, s_loc, p_chip, opt_share, m):
     """Bytes per chip: parameters and gradients (sharded over tp, pp, fsdp), AdamW moments and
     master weights (also over dp with optimizer sharding), the activations of the micro-batches
     in flight on the first stage (min(pp, m) under 1F1B; Narayanan et al. 2021 Sec. 2.2), logits."""
-    from planner.memory import activation_bytes_per_layer
-
     pb = x["param_bytes"]
     states = p_chip * 2 * pb + p_chip / opt_share * (8 + 4 * x["master"])
     act_name = {1: "bf16", 2: "bf16", 4: "fp32"}
-    full = activation_bytes_per_layer(local, mb, s_loc, dtype="bf16") * x["act_bytes"] / 2
+    full = _dot_activation_bytes(local, mb, s_loc) * x["act_bytes"] / 2
     own = 3 * mb * local.n_heads * s_loc * s_loc * x["act_bytes"]  # the scores `full` counts
     no_scores = full - own
     full = full + own * (x["cp"] - 1)  # with cp, local queries attend to the whole sequence
@@ -421,6 +419,18 @@ def _memory_per_chip(cfg, local, x, mb, s_loc, p_chip, opt_share, m):
     logits = 10 * mb * s_loc * local.vocab_size
     del act_name
     return states + acts + logits
+
+
+def _dot_activation_bytes(cfg, batch_size, seq_len):
+    """bf16 bytes one layer of the dot-attention model keeps without recomputation: per token the
+    norm inputs and outputs (4 d), q, k, v ((H + 2K) hd), the attention output (H hd), the MLP's
+    inputs and hidden activation (2 or 3 ff), and per head three (t x t) score tensors (raw,
+    masked, probabilities); Korthikanti et al. 2022, Eq. 2 without dropout. The layout search's
+    array form; `planner.memory.estimate_memory` is the per-policy breakdown of one layout."""
+    d, ff, hd = cfg.d_model, cfg.d_ff, cfg.resolved_head_dim
+    h, kv = cfg.n_heads, cfg.resolved_n_kv_heads
+    per_token = 4 * d + (h + 2 * kv) * hd + h * hd + (3 if cfg.gated else 2) * ff
+    return (batch_size * seq_len * per_token + 3 * batch_size * h * seq_len * seq_len) * 2
 
 
 def layout_arrays(layout: Layout) -> dict[str, Any]:

@@ -42,6 +42,33 @@ FLOAT_FIELDS: tuple[str, ...] = (
 )
 NUMERIC_FIELDS: tuple[str, ...] = FLOAT_FIELDS + ("domain_size",)
 
+#: The TPU families libtpu's compile-only topologies are named by ("v5p:2x2x1"), and the
+#: chip configurations it accepts (``chip_config_name``; "megacore" fuses a v4 chip's two
+#: TensorCores into one device; jax.experimental.topologies.get_topology_desc).
+TPU_FAMILIES: tuple[str, ...] = ("v4", "v5p", "v5e", "v6e")
+TPU_CHIP_CONFIGS: tuple[str, ...] = ("default", "megacore")
+
+#: The fields of a GPU's compiler description, as XLA's ``stream_executor.GpuDeviceInfoProto``
+#: names them (xla/stream_executor/device_description.proto), with their types. Memory size
+#: and bandwidth come from the spec's ``hbm_bytes`` and ``hbm_bandwidth``; the CUDA grid
+#: limits, the same for every compute capability >= 3.0, are fixed in `planner.targets`.
+#: ``compute_capability`` is "major.minor", e.g. "9.0".
+GPU_DEVICE_FIELDS: dict[str, type] = {
+    "compute_capability": str,
+    "core_count": int,  # streaming multiprocessors
+    "fpus_per_core": int,  # FP32 CUDA cores per SM
+    "clock_rate_ghz": float,  # boost clock
+    "l2_cache_size": int,  # bytes
+    "shared_memory_per_core": int,  # bytes per SM
+    "shared_memory_per_block": int,  # bytes, without opt-in
+    "shared_memory_per_block_optin": int,  # bytes, with opt-in
+    "registers_per_core_limit": int,  # 32-bit registers per SM
+    "registers_per_block_limit": int,
+    "threads_per_core_limit": int,  # resident threads per SM
+    "threads_per_block_limit": int,
+    "threads_per_warp": int,
+}
+
 
 def _is_real(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
@@ -91,6 +118,13 @@ class Spec:
         "peak_flops.<dtype>" for each peak. A "peak_flops.<dtype>" entry for a dtype the chip
         does not list may say why it is absent.
       aliases: other names `hardware.get` accepts (case-insensitive).
+      tpu_topology: for a TPU, the family libtpu names its topologies by ("v5p" in
+        "v5p:2x2x1"; one of `TPU_FAMILIES`); None for other chips.
+      tpu_chip_config: libtpu's ``chip_config_name`` for one device per chip ("megacore" on
+        v4, whose two TensorCores are otherwise two devices); None = libtpu's default.
+      gpu_device: for a GPU, the device description XLA's GPU compiler needs to compile for it
+        without the hardware (`GPU_DEVICE_FIELDS`), each field with a source under
+        "gpu_device.<field>"; None for other chips.
     """
 
     name: str
@@ -103,6 +137,9 @@ class Spec:
     inter_node_bandwidth: float
     sources: dict[str, str]
     aliases: tuple[str, ...] = ()
+    tpu_topology: str | None = None
+    tpu_chip_config: str | None = None
+    gpu_device: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -144,7 +181,21 @@ class Spec:
             raise ValueError(f"{who}: aliases must be a list of non-empty strings, got {aliases!r}")
         set_("aliases", tuple(aliases))
 
-        set_("sources", _check_sources(who, self.sources, peaks))
+        if self.tpu_topology is not None and self.tpu_topology not in TPU_FAMILIES:
+            raise ValueError(f"{who}: tpu_topology={self.tpu_topology!r}: unknown TPU family; "
+                             f"valid: {', '.join(TPU_FAMILIES)}")
+        if self.tpu_chip_config is not None:
+            if self.tpu_topology is None:
+                raise ValueError(f"{who}: tpu_chip_config needs tpu_topology (a TPU family)")
+            if self.tpu_chip_config not in TPU_CHIP_CONFIGS:
+                raise ValueError(f"{who}: tpu_chip_config={self.tpu_chip_config!r}: unknown; "
+                                 f"valid: {', '.join(TPU_CHIP_CONFIGS)}")
+        if self.gpu_device is not None:
+            if self.tpu_topology is not None:
+                raise ValueError(f"{who}: a chip has tpu_topology or gpu_device, not both")
+            set_("gpu_device", _check_gpu_device(who, self.gpu_device))
+
+        set_("sources", _check_sources(who, self.sources, peaks, self.gpu_device))
 
     @staticmethod
     def required_sources(peak_flops: dict[str, Any]) -> tuple[str, ...]:
@@ -179,23 +230,56 @@ class Spec:
             self.name, tuple(sorted(self.peak_flops.items())), self.hbm_bytes, self.hbm_bandwidth,
             self.interconnect, self.interconnect_bandwidth, self.domain_size,
             self.inter_node_bandwidth, tuple(sorted(self.sources.items())), self.aliases,
+            self.tpu_topology, self.tpu_chip_config,
+            tuple(sorted((self.gpu_device or {}).items())),
         ))
 
 
-def _check_sources(who: str, sources: Any, peaks: dict[str, float]) -> dict[str, str]:
+def _check_gpu_device(who: str, device: Any) -> dict[str, Any]:
+    """`device` as a dict if it has every `GPU_DEVICE_FIELDS` entry, typed and positive."""
+    if not isinstance(device, dict):
+        raise ValueError(f"{who}: gpu_device must be a table of field -> value, got {device!r}")
+    missing = [f for f in GPU_DEVICE_FIELDS if f not in device]
+    unknown = [f for f in device if f not in GPU_DEVICE_FIELDS]
+    if missing or unknown:
+        raise ValueError(
+            f"{who}: gpu_device " + (f"lacks {', '.join(missing)}" if missing else "")
+            + ("; " if missing and unknown else "") + (f"has unknown {', '.join(unknown)}" if unknown else "")
+            + f"; its fields are {', '.join(GPU_DEVICE_FIELDS)}"
+        )
+    out: dict[str, Any] = {}
+    for field, kind in GPU_DEVICE_FIELDS.items():
+        value = device[field]
+        if kind is str:
+            parts = value.split(".") if isinstance(value, str) else []
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise ValueError(f"{who}: gpu_device.{field}={value!r}: give 'major.minor', e.g. '9.0'")
+        elif kind is int:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{who}: gpu_device.{field}={value!r}: must be a positive integer")
+        else:
+            value = _positive_float(who, f"gpu_device.{field}", value, "GHz")
+        out[field] = value
+    return out
+
+
+def _check_sources(who: str, sources: Any, peaks: dict[str, float],
+                   gpu_device: dict[str, Any] | None = None) -> dict[str, str]:
     """`sources` as a dict, if it names a non-empty source for every number and no unknown key."""
     if not isinstance(sources, dict):
         raise ValueError(
             f"{who}: sources must be a table of field -> 'source, date', got {sources!r}"
         )
-    for field in Spec.required_sources(peaks):
+    gpu_keys = tuple(f"gpu_device.{f}" for f in (gpu_device or {}))
+    for field in Spec.required_sources(peaks) + gpu_keys:
         text = sources.get(field)
         if not isinstance(text, str) or not text.strip():
             raise ValueError(
                 f"{who}: sources[{field!r}] is missing or empty ({text!r}); every number needs "
                 "'source, date', e.g. 'scaling-book tpus.md, 2025-02'"
             )
-    allowed = set(NUMERIC_FIELDS) | {f"peak_flops.{d}" for d in DTYPES}
+    allowed = set(NUMERIC_FIELDS) | {f"peak_flops.{d}" for d in DTYPES} | set(gpu_keys) \
+        | {"tpu_topology", "tpu_chip_config"}
     for key, text in sources.items():
         if key not in allowed:
             raise ValueError(
@@ -277,8 +361,18 @@ def to_toml(spec: Spec) -> str:
         f"interconnect = {_toml_str(spec.interconnect)}",
     ]
     lines += [f"{f} = {_toml_float(getattr(spec, f))}" for f in FLOAT_FIELDS]
-    lines += [f"domain_size = {spec.domain_size}", "", "[peak_flops]"]
+    lines += [f"domain_size = {spec.domain_size}"]
+    for field in ("tpu_topology", "tpu_chip_config"):
+        if getattr(spec, field) is not None:
+            lines.append(f"{field} = {_toml_str(getattr(spec, field))}")
+    lines += ["", "[peak_flops]"]
     lines += [f"{d} = {_toml_float(v)}" for d, v in spec.peak_flops.items()]
+    if spec.gpu_device is not None:
+        lines += ["", "[gpu_device]"]
+        for field, value in spec.gpu_device.items():
+            text = _toml_str(value) if isinstance(value, str) else (
+                _toml_float(value) if isinstance(value, float) else str(value))
+            lines.append(f"{field} = {text}")
     lines += ["", "[sources]"]
     lines += [f"{_toml_str(k)} = {_toml_str(v)}" for k, v in spec.sources.items()]
     return "\n".join(lines) + "\n"

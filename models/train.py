@@ -25,7 +25,20 @@ import optax
 from flax import nnx
 
 from models.config import TransformerConfig
+from models.layout import Layout
 from models.transformer import Transformer, make_layer
+
+#: Layout dtype names -> JAX dtypes of the model ("fp8" matmuls are modelled by the planner's
+#: closed forms only: the Flax model has no fp8 path, and says so).
+JAX_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}
+
+
+def jax_dtype(name: str):
+    """The JAX dtype of a `Layout` dtype name; fp8 raises ValueError (no fp8 model path)."""
+    if name not in JAX_DTYPES:
+        raise ValueError(f"dtype {name!r}: the Flax model runs in {', '.join(JAX_DTYPES)}; fp8 matmuls "
+                         "are modelled by the planner's closed forms only")
+    return JAX_DTYPES[name]
 
 
 class TrainState(NamedTuple):
@@ -35,7 +48,8 @@ class TrainState(NamedTuple):
     tx: optax.GradientTransformation
 
 
-def abstract_model(cfg: TransformerConfig, *, scan_layers: bool = False, dtype=jnp.float32) -> Transformer:
+def abstract_model(cfg: TransformerConfig, *, scan_layers: bool = False, dtype=jnp.float32,
+                   layout: Layout | None = None) -> Transformer:
     """The model with `jax.ShapeDtypeStruct` leaves instead of arrays: nothing is allocated,
     so a 7B config can be inspected, counted and lowered on a laptop.
 
@@ -47,12 +61,13 @@ def abstract_model(cfg: TransformerConfig, *, scan_layers: bool = False, dtype=j
     jax/_src/interpreters/partial_eval.py). 300 layers took 541 s that way.
     """
     def build(c):
-        return Transformer(c, rngs=nnx.Rngs(0), scan_layers=scan_layers, dtype=dtype)
+        return Transformer(c, rngs=nnx.Rngs(0), scan_layers=scan_layers, dtype=dtype, layout=layout)
 
     if scan_layers or cfg.n_layers <= 2:
         return nnx.eval_shape(lambda: build(cfg))
     model = nnx.eval_shape(lambda: build(dataclasses.replace(cfg, n_layers=1)))
-    model.layers = nnx.List([nnx.eval_shape(lambda i=i: make_layer(cfg, i, rngs=nnx.Rngs(i + 1), dtype=dtype))
+    model.layers = nnx.List([nnx.eval_shape(lambda i=i: make_layer(cfg, i, rngs=nnx.Rngs(i + 1), dtype=dtype,
+                                                                  layout=layout))
                              for i in range(cfg.n_layers)])
     model.cfg = cfg
     return model
@@ -71,17 +86,59 @@ def lm_loss(model: Transformer, inputs: jax.Array, targets: jax.Array) -> jax.Ar
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "tx"), donate_argnames=("params", "opt_state"))
-def train_step(params, opt_state, inputs, targets, *, graphdef, tx):
-    """One AdamW step on the mean next-token cross-entropy. Returns (params, opt_state, loss)."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "micro_batches", "param_dtype"),
+                   donate_argnames=("params", "opt_state"))
+def train_step(params, opt_state, inputs, targets, *, graphdef, tx, micro_batches: int = 1,
+               param_dtype=None):
+    """One AdamW step on the mean next-token cross-entropy. Returns (params, opt_state, loss).
 
-    def loss_of(p):
-        return lm_loss(nnx.merge(graphdef, p), inputs, targets)
+    ``micro_batches`` > 1 accumulates the gradient over that many equal slices of the batch
+    (``lax.scan``; float32 accumulator), the same mean loss and gradient as one pass over the
+    whole batch. ``param_dtype`` (a JAX dtype): the forward and backward run on a copy of the
+    parameters cast to it, while ``params`` stay the optimizer's master weights (fp32 master
+    weights of mixed-precision training; Micikevicius et al. 2018, Sec. 3.1).
+    """
 
-    loss, grads = jax.value_and_grad(loss_of)(params)
+    def loss_of(p, x, y):
+        if param_dtype is not None:
+            p = jax.tree.map(lambda a: a.astype(param_dtype), p)
+        return lm_loss(nnx.merge(graphdef, p), x, y)
+
+    if micro_batches == 1:
+        loss, grads = jax.value_and_grad(loss_of)(params, inputs, targets)
+    else:
+        loss, grads = _accumulate(loss_of, params, inputs, targets, micro_batches)
     with jax.named_scope("optimizer"):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
+
+
+def _accumulate(loss_of, params, inputs, targets, n: int):
+    """Mean loss and gradient over n micro-batches of (inputs, targets), one at a time."""
+    b = inputs.shape[0]
+    if b % n:
+        raise ValueError(f"micro_batches={n} does not divide the batch of {b} sequences")
+    split = lambda a: a.reshape((n, b // n) + a.shape[1:])  # noqa: E731
+
+    def body(carry, xy):
+        loss_sum, grad_sum = carry
+        loss, grads = jax.value_and_grad(loss_of)(params, *xy)
+        grad_sum = jax.tree.map(lambda s, g: s + g.astype(s.dtype), grad_sum, grads)
+        return (loss_sum + loss, grad_sum), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    with jax.named_scope("accumulation"):
+        (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), (split(inputs), split(targets)))
+        grads = jax.tree.map(lambda g, p: (g / n).astype(p.dtype), grads, params)
+    return loss / n, grads
+
+
+def layout_train_step(graphdef, tx, layout: Layout, batch_size: int):
+    """`train_step` bound for ``layout``: its micro-batches (``layout.accumulation_steps``) and,
+    with ``master_fp32``, the cast of the fp32 master weights to ``param_dtype``."""
+    cast = jax_dtype(layout.param_dtype) if layout.master_fp32 and layout.param_dtype != "fp32" else None
+    return functools.partial(train_step, graphdef=graphdef, tx=tx,
+                             micro_batches=layout.accumulation_steps(batch_size), param_dtype=cast)
 
 
 def make_train_step(graphdef, tx):
@@ -90,9 +147,20 @@ def make_train_step(graphdef, tx):
 
 
 def init_train_state(cfg: TransformerConfig, *, seed: int = 0, scan_layers: bool = False,
-                     tx: optax.GradientTransformation | None = None, dtype=jnp.float32) -> TrainState:
-    """Initialise the model's parameters and the optimizer state (default `adamw()`)."""
+                     tx: optax.GradientTransformation | None = None, dtype=None,
+                     layout: Layout | None = None) -> TrainState:
+    """Initialise the model's parameters and the optimizer state (default `adamw()`).
+
+    With a ``layout``: the model reads its attention and remat; ``dtype`` defaults to
+    ``layout.dtype``; the parameters are stored in ``layout.param_dtype``, or in fp32 with
+    ``master_fp32`` (the step then casts them; see `layout_train_step`).
+    """
     tx = adamw() if tx is None else tx
-    model = Transformer(cfg, rngs=nnx.Rngs(seed), scan_layers=scan_layers, dtype=dtype)
+    layout = Layout() if layout is None else layout
+    dtype = jax_dtype(layout.dtype) if dtype is None else dtype
+    model = Transformer(cfg, rngs=nnx.Rngs(seed), scan_layers=scan_layers, dtype=dtype, layout=layout)
     graphdef, params = nnx.split(model, nnx.Param)
+    if not layout.master_fp32:
+        store = jax_dtype(layout.param_dtype)
+        params = jax.tree.map(lambda a: a.astype(store), params)
     return TrainState(graphdef, params, tx.init(params), tx)

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.config import TransformerConfig
+from models.flash import flash_attention
+from models.layout import Layout
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -55,9 +57,12 @@ def _norm(cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype) -> nnx.Module:
 class Attention(nnx.Module):
     """Causal multi-head attention; grouped-query when n_kv_heads < n_heads."""
 
-    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 layout: Layout | None = None):
         h, kv, hd = cfg.n_heads, cfg.resolved_n_kv_heads, cfg.resolved_head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = h, kv, hd
+        layout = Layout() if layout is None else layout
+        self.kind, self.remat = layout.attention, layout.remat
         qkv_bias = cfg.resolved_qkv_bias
         lin = lambda i, o, b: nnx.Linear(i, o, use_bias=b, dtype=dtype, rngs=rngs)  # noqa: E731
         self.q = lin(cfg.d_model, h * hd, qkv_bias)
@@ -80,16 +85,38 @@ class Attention(nnx.Module):
         if rope is not None:
             with scope("rope"):
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        with scope("attn_scores"):
-            scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (1.0 / math.sqrt(hd))
-            causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-            scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-        with scope("softmax"):
-            probs = jax.nn.softmax(scores, axis=-1)
-        with scope("attn_values"):
-            out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, self.n_heads * hd)
+        if self.kind == "flash":
+            with scope("flash_attention"):
+                out = flash_attention(q, k, v).reshape(b, t, self.n_heads * hd)
+        elif self.remat == "selective":
+            # Korthikanti et al. 2022, Sec. 5 ("selective activation recomputation"): the core
+            # attention is checkpointed on its own, keeping only q, k, v (as Megatron-LM does).
+            out = jax.checkpoint(_core_attention, policy=jax.checkpoint_policies.nothing_saveable)(q, k, v)
+        else:
+            out = _core_attention(q, k, v)
         with scope("attn_out"):
             return self.o(out)
+
+
+def _core_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal softmax(q k^T / sqrt(hd)) v with the (t x t) scores materialised (the dot path)."""
+    b, t, kv, g, hd = q.shape
+    with scope("attn_scores"):
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (1.0 / math.sqrt(hd))
+        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+        scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
+    with scope("softmax"):
+        probs = jax.nn.softmax(scores, axis=-1)
+    with scope("attn_values"):
+        return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, kv * g * hd)
+
+
+#: Layout.remat -> the jax.checkpoint policy each block is wrapped in ("selective" checkpoints
+#: the core attention inside the block instead; "none" wraps nothing).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class MLP(nnx.Module):
@@ -122,9 +149,10 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     """One pre-norm transformer block."""
 
-    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 layout: Layout | None = None):
         self.attn_norm = _norm(cfg, rngs=rngs, dtype=dtype)
-        self.attn = Attention(cfg, rngs=rngs, dtype=dtype)
+        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, layout=layout)
         self.mlp_norm = _norm(cfg, rngs=rngs, dtype=dtype)
         self.mlp = MLP(cfg, rngs=rngs, dtype=dtype)
 
@@ -141,11 +169,12 @@ class Block(nnx.Module):
             return x + h
 
 
-def make_layer(cfg: TransformerConfig, index: int, *, rngs: nnx.Rngs, dtype=jnp.float32) -> Block:
+def make_layer(cfg: TransformerConfig, index: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               layout: Layout | None = None) -> Block:
     """Layer ``index`` of the unrolled model (`Transformer` builds each layer with it, and
     `models.abstract_model` builds the layers of an abstract model one at a time with it)."""
     del index  # every layer is alike; a per-layer option would read it here
-    return Block(cfg, rngs=rngs, dtype=dtype)
+    return Block(cfg, rngs=rngs, dtype=dtype, layout=layout)
 
 
 class Transformer(nnx.Module):
@@ -157,6 +186,9 @@ class Transformer(nnx.Module):
       scan_layers: stack the blocks and run them under ``nnx.scan`` (one compiled layer body)
         instead of a Python loop. Same parameters, same outputs.
       dtype: computation dtype (parameters are float32).
+      layout: a `models.Layout`; the model reads ``attention`` ("flash": `models.flash`) and
+        ``remat`` (each block under ``jax.checkpoint`` with `REMAT_POLICIES`, or for
+        "selective" the core attention alone). None = ``Layout()`` (dot attention, no remat).
 
     Example:
       >>> from models import presets
@@ -166,10 +198,14 @@ class Transformer(nnx.Module):
     """
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, scan_layers: bool = False,
-                 dtype=jnp.float32):
+                 dtype=jnp.float32, layout: Layout | None = None):
         if cfg.relaxed:
             raise ValueError("Transformer needs integer sizes; got a relaxed (array) config")
+        if layout is not None and not isinstance(layout, Layout):
+            raise ValueError(f"layout={layout!r}: must be a models.Layout (e.g. Layout.parse('remat=full'))")
+        layout = Layout() if layout is None else layout
         self.cfg = cfg
+        self.remat = layout.remat
         self.scan_layers = scan_layers
         self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, rngs=rngs)
         self.pos_embed = (
@@ -180,11 +216,12 @@ class Transformer(nnx.Module):
             @nnx.split_rngs(splits=cfg.n_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0)
             def stack(rngs: nnx.Rngs) -> Block:
-                return Block(cfg, rngs=rngs, dtype=dtype)
+                return Block(cfg, rngs=rngs, dtype=dtype, layout=layout)
 
             self.layers = stack(rngs)
         else:
-            self.layers = nnx.List([make_layer(cfg, i, rngs=rngs, dtype=dtype) for i in range(cfg.n_layers)])
+            self.layers = nnx.List([make_layer(cfg, i, rngs=rngs, dtype=dtype, layout=layout)
+                                    for i in range(cfg.n_layers)])
         self.final_norm = _norm(cfg, rngs=rngs, dtype=dtype)
         self.head = (
             None if cfg.tied_embeddings
@@ -212,15 +249,20 @@ class Transformer(nnx.Module):
             with scope("rope"):
                 rope = jax.lax.stop_gradient(rope_tables(t, cfg.resolved_head_dim, cfg.rope_theta))
 
+        def apply(block, x, rope):
+            return block(x, rope)
+
+        if self.remat in REMAT_POLICIES:
+            apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
         if self.scan_layers:
             @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry)
             def run(x, block, rope):
-                return block(x, rope)
+                return apply(block, x, rope)
 
             x = run(x, self.layers, rope)
         else:
             for block in self.layers:
-                x = block(x, rope)
+                x = apply(block, x, rope)
 
         with scope("norms"):
             x = self.final_norm(x)

@@ -24,6 +24,7 @@ from planner.flops import (
     count_flops,
     count_flops_many,
     forward_matmuls,
+    recompute_flops,
     step_matmuls,
 )
 from planner.laws import LAWS, FitResult, ScalingLaw, fit_scaling_law, get_law, load_dataset, load_runs_csv
@@ -31,7 +32,17 @@ from planner.memory import MemoryEstimate, estimate_memory, kv_cache_bytes
 from planner.params import PARAM_COMPONENTS, ParamCount, count_params, param_components
 from planner.search import DEFAULT_BASE, Plan, deepseek_batch_tokens, frontier, inference_aware, plan
 from planner.timing import ComponentTime, StepTime, roofline
+from planner.targets import (
+    ModelProgram,
+    Target,
+    TargetReport,
+    TargetValidation,
+    compile_for_target,
+    compile_model,
+    parse_target,
+)
 from planner.validation import ValidationReport, default_grid, validate
+from planner.validation import MemoryReport, ValidationReport, default_grid, validate, validate_memory
 
 __all__ = [
     "__version__",
@@ -70,4 +81,14 @@ __all__ = [
     "roofline",
     "default_grid",
     "validate",
+    "ModelProgram",
+    "Target",
+    "TargetReport",
+    "TargetValidation",
+    "compile_for_target",
+    "compile_model",
+    "parse_target",
+    "MemoryReport",
+    "recompute_flops",
+    "validate_memory",
 ]

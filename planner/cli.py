@@ -192,6 +192,59 @@ def _batch(args: argparse.Namespace) -> int:
     return 1 if args.batch is None else args.batch
 
 
+def _parse_layout(text: str | None):
+    """--layout TEXT -> models.Layout (None when not given); a bad field is a usage error."""
+    if text is None:
+        return None
+    from models.layout import Layout
+
+    try:
+        return Layout.parse(text)
+    except ValueError as err:
+        raise UsageError(f"--layout {text!r}: {err}") from None
+
+
+def _time_layout(args: argparse.Namespace):
+    """The layout of `planner time`: --layout's fields over the ones --dtype, --param-dtype,
+    --remat, --shard and --chips describe (a field given both ways must agree)."""
+    from models.layout import Layout
+
+    if args.chips is None or args.chips < 1:
+        raise UsageError(f"chips={args.chips}: must be a positive int")
+    base = Layout(remat="full" if args.remat else "none", dtype=args.dtype, param_dtype=args.param_dtype,
+                  **({"fsdp": args.chips} if args.shard else {"dp": args.chips}))
+    given = _parse_layout(args.layout)
+    if given is None:
+        return base
+    if args.remat or args.shard:
+        raise UsageError("--remat and --shard are the layout fields remat=full and fsdp=N: put them in --layout")
+    fields = {k: v for k, v in dataclasses.asdict(given).items() if v != getattr(Layout(), k)}
+    if given.chips == 1:  # no mesh in --layout: --chips are data parallel
+        fields.setdefault("dp", args.chips)
+    elif given.chips != args.chips and args.chips != 1:
+        raise UsageError(f"--layout has {given.chips} chips but --chips {args.chips}; make them agree")
+    fields.setdefault("dtype", args.dtype)
+    fields.setdefault("param_dtype", args.param_dtype)
+    try:
+        return Layout(**fields)
+    except ValueError as err:
+        raise UsageError(f"--layout {args.layout!r}: {err}") from None
+
+
+def memory_lines(m) -> list[str]:
+    """The memory breakdown of a `MemoryEstimate`, one term a line, with the sum: checkable by hand."""
+    rows = [(k, human(float(v), "B")) for k, v in m.breakdown.items() if float(v)]
+    phases = [(k, human(float(v), "B")) for k, v in (m.phases or {}).items() if float(v)]
+    width = max(len(k) for k, _ in rows + phases) + 2
+    out = [f"  {k.ljust(width)}  {v:>10}" for k, v in rows]
+    out.extend(f"    {k.ljust(width - 2)}  {v:>10}  (peak_phase = max(sum of layer_*, loss_logits))"
+               if i == 0 else f"    {k.ljust(width - 2)}  {v:>10}" for i, (k, v) in enumerate(phases))
+    out.append(f"  {'= total'.ljust(width)}  {human(float(m.total), 'B'):>10}"
+               + (f"  of {human(m.hbm_bytes, 'B')} HBM: {'fits' if m.fits else 'DOES NOT FIT'}"
+                  if m.hbm_bytes is not None else ""))
+    return out
+
+
 def _flop_args_given(args: argparse.Namespace) -> bool:
     return args.flops or any(getattr(args, a) is not None for a in ("mode", "convention", "batch", "seq")) or args.causal
 
@@ -330,6 +383,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.scan and cfg.n_layers > 64:
         print(f"note: lowering {cfg.n_layers} unrolled layers takes about 0.1-0.2 s each; --scan lowers one "
               "layer body in seconds and checks the same closed form", file=sys.stderr)
+    if args.target is not None:
+        return _validate_target(args, cfg)
+    if args.layout is not None:
+        raise UsageError("--layout needs --target (a compile-only TPU or GPU target to shard over)")
     r = validate(cfg, batch_size=_batch(args), seq_len=args.seq, mode=args.mode or "forward",
                  stage=args.stage, scan_layers=args.scan)
     if args.json:
@@ -337,6 +394,63 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         print(_validation_text(args.preset or "custom config", r))
     return 0 if r.ok else 1
+
+
+def _target_validation_text(name: str, v) -> str:
+    r, p = v.report, v.program
+    lay = p.layout.to_string() or "one device"
+    lines = [f"{name} on {r.target['name']} ({r.device_kind}, compile-only): {p.mode}, batch {p.batch_size} x "
+             f"seq {p.tokens_per_sequence}, {lay}, {'scan' if p.scan_layers else 'layers unrolled'}; per device", ""]
+    dash = "-"
+    err = v.flops_rel_error
+    rows = [
+        ("FLOPs", f"{r.flops:.6g}" if r.flops is not None else dash, f"{float(v.predicted_flops):.6g}",
+         f"{err:+.2%}" if err is not None else "(no cost analysis)"),
+        ("dot FLOPs (HLO)", f"{r.dot_flops:.6g}", f"{float(v.predicted_dot_flops):.6g}",
+         "exact" if v.dots_exact else f"{r.dot_flops - v.predicted_dot_flops:+,}"),
+        ("transcendentals", f"{r.transcendentals:.6g}" if r.transcendentals is not None else dash,
+         f"{float(v.predicted_transcendentals):.6g}", ""),
+        ("argument bytes", f"{r.argument_bytes_unpadded:,}", f"{v.predicted_argument_bytes:,}",
+         "exact" if v.argument_bytes_exact else f"{r.argument_bytes_unpadded - v.predicted_argument_bytes:+,}"),
+    ]
+    lines += [table(("", "compiler", "closed form", "difference"), rows), ""]
+    def pct(a, b):
+        return "" if r.flops is None else (f"{(a - b) / b:+.1%}" if b else "(untagged)")
+
+    rows = [(k, f"{float(c.predicted_dots):.4g}", f"{c.hlo_dots:.4g}",
+             "exact" if c.predicted_dots == c.hlo_dots else f"{c.hlo_dots - c.predicted_dots:+.3g}",
+             f"{float(c.predicted):.4g}", f"{c.hlo:.4g}" if r.flops is not None else "-",
+             pct(c.hlo, float(c.predicted))) for k, c in v.components.items()]
+    lines += [table(("component", "closed-form dots", "HLO dots", "", "closed form", "compiler", ""),
+                    rows, "lrrlrrr"), ""]
+    m = r.memory
+    lines.append(f"memory/device: arguments {human(m.argument, 'B')}, outputs {human(m.output, 'B')}, "
+                 f"temp {human(m.temp, 'B')}, aliased {human(m.alias, 'B')}, peak {human(m.peak, 'B')}; "
+                 f"code {human(m.generated_code, 'B')}")
+    coll = ", ".join(f"{c.kind} {c.shape if len(c.shape) < 40 else c.shape[:37] + '...'} {human(c.bytes, 'B')}"
+                     for c in r.collectives[:6])
+    lines.append(f"collectives: {len(r.collectives)}" + (f" ({coll}{', ...' if len(r.collectives) > 6 else ''})"
+                                                         if coll else ""))
+    if r.optimal_seconds is not None:
+        lines.append(f"optimal_seconds: {r.optimal_seconds:.4g} s (XLA's TPU cost model)")
+    lines += ["", "notes:"] + [f"- {n}" for n in v.notes] + [""]
+    lines.append(f"verdict: {'OK' if v.ok else 'OUTSIDE TOLERANCE'} (dot FLOPs exact, argument bytes exact"
+                 + (", FLOPs within 1%)" if r.flops is not None else ")"))
+    return "\n".join(lines)
+
+
+def _validate_target(args: argparse.Namespace, cfg) -> int:
+    from planner.targets import validate_target
+
+    if args.stage != "lowered":
+        raise UsageError("--stage is for the CPU validation; with --target the optimised program is read")
+    v = validate_target(cfg, args.target, batch_size=_batch(args), seq_len=args.seq, mode=args.mode or "train",
+                        layout=args.layout, scan_layers=args.scan)
+    if args.json:
+        print(json.dumps({"preset": args.preset, **v.to_dict()}, indent=2))
+    else:
+        print(_target_validation_text(args.preset or "custom config", v))
+    return 0 if v.ok else 1
 
 
 def _validate_grid(args: argparse.Namespace, grid) -> int:
@@ -413,15 +527,27 @@ def cmd_time(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     import hardware
 
+    target = None
+    if args.target is not None:
+        from planner.targets import parse_target
+
+        target = parse_target(args.target)
+        if target.spec.name != hardware.get(args.hardware).name:
+            raise UsageError(f"--target {args.target} is a {target.spec.name}, --hardware {args.hardware} is not")
+        if args.chips not in (1, target.chips):
+            raise UsageError(f"--chips {args.chips}: --target {target.name} has {target.chips} chips; drop --chips")
+        args.chips = target.chips
     spec = hardware.get(args.hardware)
-    _check_dtype(spec, args.dtype)
-    if args.batch is None:  # one sequence per chip
-        args.batch = args.chips if isinstance(args.chips, int) and args.chips > 0 else 1
+    lay = _time_layout(args)
+    chips = lay.chips
+    _check_dtype(spec, lay.dtype)
+    if args.batch is None:  # one sequence per data-parallel replica
+        args.batch = lay.data_parallel
     name = _config_name(args)
-    r = roofline(cfg, hardware=spec, chips=args.chips, batch_size=_batch(args), seq_len=args.seq,
-                 dtype=args.dtype, param_dtype=args.param_dtype)
-    m = estimate_memory(cfg, batch_size=_batch(args), seq_len=args.seq, chips=args.chips, dtype=args.dtype,
-                        param_dtype=args.param_dtype, remat=args.remat, shard_state=args.shard, hardware=spec)
+    r = roofline(cfg, hardware=spec, chips=chips, batch_size=_batch(args), seq_len=args.seq,
+                 dtype=lay.dtype, param_dtype=lay.param_dtype, layout=lay)
+    compiled = _time_on_target(cfg, args, target) if target is not None else None
+    m = estimate_memory(cfg, batch_size=_batch(args), seq_len=args.seq, layout=lay, hardware=spec)
     seq = cfg.seq_len if args.seq is None else args.seq
     if args.plot is not None:
         from planner.plots import roofline_figure
@@ -438,10 +564,13 @@ def cmd_time(args: argparse.Namespace) -> int:
             "memory_per_chip": {k: float(getattr(m, k)) for k in
                                 ("params", "grads", "optimizer", "activations", "logits", "total")},
             "hbm_bytes": m.hbm_bytes, "fits": bool(m.fits),
+            "layout": lay.to_string(), "hfu": r.hfu, "hardware_flops": _num(r.hardware_flops),
+            "memory_breakdown": m.to_dict()["breakdown"],
+            **({"target": _target_time_json(r, compiled)} if compiled is not None else {}),
         }))
         return 0
-    print(f"{name} on {args.chips} x {spec.name}, {args.dtype}, global batch "
-          f"{_batch(args)} x {seq} tokens, data parallel\n")
+    print(f"{name} on {chips} x {spec.name}, {lay.dtype}, global batch "
+          f"{_batch(args)} x {seq} tokens, layout {lay.to_string() or 'default'} (roofline: data parallel)\n")
     rows = [(k, f"{float(c.flops):.3g}", human(float(c.bytes), "B"), f"{c.time * 1e3:.3f}", c.bound)
             for k, c in r.components.items() if c.flops or c.bytes]
     print(table(("component", "FLOPs/chip", "bytes/chip", "ms", "bound"), rows, "lrrrl"))
@@ -449,11 +578,29 @@ def cmd_time(args: argparse.Namespace) -> int:
           f"+ gradient all-reduce {r.comm_time * 1e3:.2f} ms)")
     print(f"throughput    {human(r.tokens_per_s, 'tokens/s')}")
     print(f"MFU           {100 * r.mfu:.1f}%  (model FLOPs = fma training count, attention in full)")
+    if lay.remat != "none" or lay.attention == "flash":
+        print(f"HFU           {100 * r.hfu:.1f}%  (hardware FLOPs: + the forward work remat={lay.remat}, "
+              f"attention={lay.attention} recompute)")
     print(f"memory/chip   {human(float(m.total), 'B')} of {human(spec.hbm_bytes, 'B')}: "
           f"params {human(float(m.params), 'B')}, grads {human(float(m.grads), 'B')}, "
           f"AdamW {human(float(m.optimizer), 'B')}, activations {human(float(m.activations), 'B')}"
-          f"{' (remat)' if args.remat else ''}, logits {human(float(m.logits), 'B')} -> "
+          f" (remat={lay.remat}), logits {human(float(m.logits), 'B')} -> "
           f"{'fits' if m.fits else 'DOES NOT FIT'}")
+    print("\n".join(memory_lines(m)))
+    if compiled is not None:
+        t = _target_time_json(r, compiled)
+        print(f"\non {t['target']} (compile-only, the step data parallel over {t['devices']} devices):")
+        if t["optimal_seconds"] is None:
+            print("XLA's optimal_seconds: none (the GPU compiler gives no cost analysis)")
+        elif t["optimal_seconds"] <= 0:
+            print(f"XLA's optimal_seconds: {t['optimal_seconds']:.4g} s, not a time (the compiler's cost "
+                  "model gave no estimate for this program)")
+        else:
+            print(f"XLA's optimal_seconds  {t['optimal_seconds'] * 1e3:.3f} ms per step   roofline / XLA = "
+                  f"{t['roofline_over_xla']:.3f}")
+        print(f"compiler memory/device peak {human(t['memory']['peak'], 'B')} (arguments "
+              f"{human(t['memory']['argument'], 'B')}, temp {human(t['memory']['temp'], 'B')}); "
+              f"{t['collectives']} collective(s), {human(t['collective_bytes'], 'B')}")
     return 0
 
 
@@ -475,6 +622,26 @@ def _check_dtype(spec, dtype: str) -> None:
                          f"{next(iter(spec.peak_flops))}, or add peak_flops.{dtype_key(dtype)} to its spec file"
                          + (" ('planner calibrate' measures fp32 and bf16)" if spec.name.startswith("calibrated")
                             else ""))
+def _time_on_target(cfg, args: argparse.Namespace, target):
+    from models.layout import Layout
+    from planner.targets import ModelProgram, compile_for_target
+
+    if args.dtype not in ("fp32", "bf16"):
+        raise UsageError(f"--dtype {args.dtype}: --target compiles fp32 or bf16 programs only")
+    if args.param_dtype != "fp32":
+        raise UsageError("--param-dtype bf16: --target compiles fp32 parameters only")
+    layout = Layout(dp=target.chips, dtype=args.dtype)
+    program = ModelProgram(cfg, mode="train", batch_size=_batch(args), seq_len=args.seq, layout=layout)
+    return compile_for_target(program, target)
+
+
+def _target_time_json(r, c) -> dict:
+    opt = c.optimal_seconds
+    return {"target": c.target["name"], "devices": c.devices, "optimal_seconds": opt,
+            "roofline_step_s": r.step_time, "roofline_over_xla": (r.step_time / opt) if opt and opt > 0 else None,
+            "flops_per_device": c.flops, "dot_flops_per_device": c.dot_flops,
+            "memory": c.memory.to_dict(), "collectives": len(c.collectives),
+            "collective_bytes": c.collective_bytes}
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -541,7 +708,8 @@ def _plan_kwargs(args: argparse.Namespace) -> dict:
     kw = dict(law=args.law or "chinchilla", base=_plan_base(args), convention=args.convention,
               hardware=args.hardware, chips=args.chips, days=args.days, mfu=args.mfu, dtype=args.dtype or "bf16",
               batch_tokens=args.batch_tokens, free_mlp_ratio=args.free_mlp_ratio, n_layers=args.n_layers,
-              d_model=args.d_model, max_memory_per_chip=args.max_memory)
+              d_model=args.d_model, max_memory_per_chip=args.max_memory,
+              layout=_parse_layout(args.layout))
     if args.aspect is not None:
         lo, sep, hi = args.aspect.partition(":")
         try:
@@ -590,6 +758,8 @@ def _plan_json(p, args=None) -> dict:
         "law": dataclasses.asdict(p.law), "step_time_s": p.step_time, "mfu": p.mfu, "days": p.days,
         "memory_per_chip": p.memory_per_chip, "micro_batch": p.micro_batch,
         "hardware": _plan_hardware(p, args) if args is not None else None, "notes": list(p.notes),
+        "layout": None if p.layout is None else p.layout.to_string(),
+        "memory_breakdown": None if p.memory is None else p.memory.to_dict()["breakdown"],
     }
 
 
@@ -614,6 +784,12 @@ def _plan_text(p, args=None) -> str:
     if p.step_time is not None:
         lines.insert(4, f"hardware    step {p.step_time * 1e3:.1f} ms, MFU {100 * p.mfu:.1f}%, {p.days:.2f} days, "
                         f"memory/chip {human(p.memory_per_chip, 'B')}")
+    if p.memory is not None:
+        lay = p.layout
+        lines.append(f"layout      {lay.to_string()}: remat={lay.remat} and micro-batch "
+                     f"{p.micro_batch} chosen as the least recomputation, then the largest micro-batch, that fits")
+        lines.append("memory/chip (bytes per chip, each term on its own line):")
+        lines.extend(memory_lines(p.memory))
     if hw is not None:
         lines.insert(5, f"            {hw['chips']} x {hw['target']}, {hw['dtype']}, step time from "
                         f"{hw['step_time_from']}; {hw['sequences_per_chip']} sequences/chip in micro-batches of "
@@ -741,6 +917,8 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="hardware budget: bytes per chip (default the chip's HBM)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a field of the base (repeatable): vocab_size, seq_len, n_kv_heads, d_ff, mlp, ...")
+    p.add_argument("--layout", metavar="FIELDS", help="hardware budget: the run's layout, e.g. "
+                   "'fsdp=8,attention=flash' (remat and micro_batch are searched unless given)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -773,6 +951,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, metavar="B", help="sequences (default 1)")
     p.add_argument("--seq", type=int, metavar="T", help="tokens per sequence (default: the config's seq_len)")
     p.add_argument("--scan", action="store_true", help="layers under nnx.scan (--grid: both ways by default)")
+    p.add_argument("--target", metavar="T", help="compile-only for a real chip instead of XLA:CPU: "
+                   "tpu-v5p:2x2x1, tpu-v5e:4x4, tpu-v4:2x2x1, tpu-v6e:2x2, h100:8, a100-80gb:8 (mode default: train)")
+    p.add_argument("--layout", metavar="L", help="with --target: how the step is split, e.g. dp=4 (default: one device)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("hardware", help="the shipped hardware targets, with their sources")
@@ -784,12 +965,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--hardware", metavar="NAME", help="a target name, alias, or spec file (.toml)")
     p.add_argument("--chips", type=int, default=1, help="data-parallel chips (default 1)")
+    p.add_argument("--target", metavar="T", help="also compile the step for this compile-only target "
+                   "(e.g. tpu-v5p:2x2x1; its chip must be --hardware) and print XLA's optimal_seconds beside the roofline")
     p.add_argument("--batch", type=int, metavar="B", help="global sequences per step (default 1)")
     p.add_argument("--seq", type=int, metavar="T", help="tokens per sequence (default: the config's seq_len)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32", "fp8"), help="compute dtype (default bf16)")
     p.add_argument("--param-dtype", dest="param_dtype", default="fp32", choices=("fp32", "bf16"),
                    help="parameter and gradient dtype (default fp32)")
     p.add_argument("--remat", action="store_true", help="memory with full activation rematerialisation")
+    p.add_argument("--layout", metavar="FIELDS", help="execution layout, e.g. 'remat=selective,attention=flash,"
+                   "micro_batch=2,fsdp=8' (see README 'Layouts'); overrides --dtype/--param-dtype")
     p.add_argument("--plot", metavar="PNG", help="write the per-component roofline as a PNG (needs matplotlib)")
     p.add_argument("--shard", action="store_true",
                    help="memory with parameters, gradients and AdamW state sharded over the chips (FSDP)")

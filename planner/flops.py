@@ -449,8 +449,80 @@ CONVENTIONS: dict[str, Callable] = {
 COMPONENT_CONVENTIONS = ("fma", "no_fma", "xla")
 
 
+# ----------------------------------------------------------------------------- recomputation
+#: Layer components the backward pass can re-run (the forward work of one block).
+_LAYER_COMPONENTS = ("norms", "q", "k", "v", "rope", "attn_scores", "softmax", "attn_values", "attn_out",
+                     "mlp_in", "mlp_gate", "activation", "mlp_out", "residual")
+#: Matmuls without batch dimensions: their outputs are what ``dots_with_no_batch_dims_saveable``
+#: keeps, so the "dots" policy does not redo them.
+_NO_BATCH_DOTS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_gate")
+
+
+def recompute_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, layout=None,
+                    convention: str = "xla", causal: bool = False) -> dict[str, Any]:
+    """FLOPs the backward pass spends re-running forward work under ``layout``, per component.
+
+    Hardware FLOPs (HFU) = model FLOPs (MFU) + these (Chowdhery et al. 2022, "PaLM", App. B:
+    HFU counts the rematerialised work, MFU does not). Per policy, as JAX's partial evaluation
+    replays a ``jax.checkpoint``-ed block (only what its backward reads):
+
+    - "none": nothing; "selective": the score matmul, its scale and causal select, and the
+      softmax forward (the backward of the score-value product reads the probabilities and v,
+      not its output; Korthikanti et al. 2022, Sec. 5);
+    - "full": every forward op of the layer except the down projection (matmul and bias) and
+      the last residual add, whose outputs no backward op reads;
+    - "dots": "full" less the matmuls without batch dimensions (q, k, v, output projection, up and
+      gate projections), whose saved outputs are read instead;
+    - ``attention="flash"``: the backward recomputes each score block once more (Dao et al.
+      2022, Algorithm 2, line 11): one more score matmul, whatever the policy. Flash's own
+      elementwise work (online-softmax rescales) is counted as the dot path's softmax.
+
+    Exact for "full" and "selective" against XLA's count of the lowered step (tests); the "dots"
+    and flash elementwise terms are within 0.2% (tests/test_flops_remat.py says by how much).
+    """
+    from models.layout import Layout
+
+    layout = Layout() if layout is None else layout
+    if not isinstance(layout, Layout):
+        raise ValueError(f"layout={layout!r}: must be a Layout (e.g. Layout.parse('remat=full'))")
+    if not isinstance(convention, str) or convention not in COMPONENT_CONVENTIONS:
+        raise ValueError(f"convention={convention!r}: recomputation is counted for "
+                         f"{', '.join(COMPONENT_CONVENTIONS)}")
+    seq_len = cfg.seq_len if seq_len is None else seq_len
+    fwd = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode="forward", convention=convention,
+                      causal=causal).components
+    cfg, b, t = promote(cfg, batch_size, seq_len)
+    out = _zeros()
+    layer = {k: fwd[k] for k in _LAYER_COMPONENTS}
+    if convention == "xla":
+        # the final norm and the rope tables are outside the blocks
+        layer["norms"] = layer["norms"] - _norm_forward(cfg, b * t)[0]
+        if cfg.position == "rope":
+            layer["rope"] = layer["rope"] - _rope_table_flops(t, cfg.resolved_head_dim)
+    if layout.remat in ("full", "dots"):
+        keep = dict(layer)
+        mlp_out_matmul = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode="forward",
+                                     convention="fma" if convention == "xla" else convention,
+                                     causal=causal).components
+        keep["mlp_out"] = 0
+        if convention == "xla":
+            keep["residual"] = layer["residual"] - cfg.n_layers * b * t * cfg.d_model
+        if layout.remat == "dots":
+            for k in _NO_BATCH_DOTS:
+                keep[k] = keep[k] - mlp_out_matmul[k]
+        out.update(keep)
+    elif layout.remat == "selective" and layout.attention == "dot":
+        out["attn_scores"] = layer["attn_scores"]
+        out["softmax"] = layer["softmax"]
+    if layout.attention == "flash":
+        matmul = fma_matmul if convention != "no_fma" else no_fma_matmul
+        extra = matmul(forward_matmuls(cfg, b, t)["attn_scores"])
+        out["attn_scores"] = out["attn_scores"] + (_half(extra) if causal else extra)
+    return out
+
+
 def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str = "forward",
-                convention: str = "xla", causal: bool = False) -> FlopCount:
+                convention: str = "xla", causal: bool = False, layout=None) -> FlopCount:
     """FLOPs of one forward, backward or training step of ``models.Transformer(cfg)``.
 
     Args:
@@ -462,6 +534,9 @@ def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str
       causal: halve the attention-score and attention-value matmuls (the MFU convention of
         MaxText and Megatron); only for "fma", "no_fma" and "xla", which otherwise count them
         in full, as XLA does.
+      layout: a `models.Layout`: "backward" and "train" then include the forward work its
+        remat policy and attention recompute (`recompute_flops`): hardware FLOPs (HFU). Without
+        it: model FLOPs (MFU). Only for "fma", "no_fma" and "xla".
 
     Returns:
       A `FlopCount`. For "fma", "no_fma" and "xla" the components are `FLOP_COMPONENTS`; for a
@@ -496,6 +571,13 @@ def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str
         )
     cfg, batch_size, seq_len = promote(cfg, batch_size, seq_len)
     comps, trans = CONVENTIONS[convention](cfg, batch_size, seq_len, mode, causal)
+    if layout is not None and mode != "forward":
+        if convention not in COMPONENT_CONVENTIONS:
+            raise ValueError(f"layout= counts recomputation for the conventions {', '.join(COMPONENT_CONVENTIONS)}; "
+                             f"the published formula {convention!r} is reproduced as printed")
+        extra = recompute_flops(cfg, batch_size=batch_size, seq_len=seq_len, layout=layout,
+                                convention=convention, causal=causal)
+        comps = {k: comps[k] + extra[k] for k in comps}
     return FlopCount(total=sum(comps.values()), components=comps, transcendentals=trans,
                      convention=convention, mode=mode)
 

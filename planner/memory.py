@@ -1,23 +1,52 @@
 """Memory per chip of a training step (and of an inference KV cache), in bytes.
 
-Pure arithmetic on the config's numbers, like the FLOP model: exact-ish floats from ints,
-differentiable `jnp` floats from a relaxed config. Data parallelism splits the batch; the parameters,
-gradients and optimizer state are replicated on every chip, or sharded over them
-(``shard_state=True``, ZeRO-3 / FSDP).
+Pure arithmetic on the config's numbers, like the FLOP model: floats from ints, differentiable
+`jnp` floats from a relaxed config (under ``jit``/``vmap``/``grad``: the `Layout` is static, the
+sizes, batch and sequence may be traced; nothing branches on a traced value).
+
+A step of `models.train_step` under a `models.Layout` holds, per chip (`estimate_memory`):
+
+- **state**: parameters (``param_dtype``), gradients (``param_dtype``), AdamW's two moments (in
+  the dtype of the weights the optimizer holds: fp32 with ``master_fp32``), the fp32 master copy,
+  and with gradient accumulation an fp32 accumulator. Divided by the mesh: ``fsdp`` shards all of
+  it (ZeRO-3; Rajbhandari et al. 2020, Sec. 5), ``optimizer_sharding`` shards the optimizer
+  state and master over ``dp`` too (ZeRO-1), ``tp`` splits the attention and MLP matrices and the
+  vocabulary (Shoeybi et al. 2019, Sec. 3), ``pp`` keeps n_layers / pp layers per stage.
+- **saved activations**: what each layer keeps for its backward pass under the remat policy
+  (`saved_activation_elements`), for every layer of the stage and every micro-batch in flight.
+  The bookkeeping is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+  Transformer Models"), Sec. 4, Table 2, generalised to GQA, gated MLPs and head_dim != d / a.
+- **transient**: the peak of the layer being back-propagated: what it re-materialises, its
+  largest gradient intermediates, the flash-attention working set.
+- **logits**: the head's output and its gradient (vocabulary-parallel over ``tp``); the loss
+  phase peaks before any layer's backward, so the larger of the two phases counts.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
+
 from models.config import TransformerConfig, check_size
-from planner.params import count_params, promote, require_config
+from models.flash import DEFAULT_BLOCK
+from models.layout import Layout
+from planner.params import count_params, param_components, promote, require_config
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+FP32 = 4
 
 
 class MemoryEstimate(NamedTuple):
-    """Bytes per chip. ``total`` = params + grads + optimizer + activations + logits."""
+    """Bytes per chip. ``total`` = params + grads + optimizer + activations.
+
+    ``optimizer`` includes the fp32 master copy (also given alone as ``master``) and the
+    gradient-accumulation buffer (``accumulation``). ``activations`` = the saved activations +
+    the larger of the two backward phases: the loss (``logits`` and their gradient) and the layer
+    being back-propagated (``transient``). ``breakdown`` itemises the sum (bytes), ``phases``
+    the two phases; ``to_dict()`` serialises it all.
+    """
 
     params: Any
     grads: Any
@@ -27,6 +56,23 @@ class MemoryEstimate(NamedTuple):
     total: Any
     hbm_bytes: float | None  # the target's memory, when a target was given
     fits: Any  # total <= hbm_bytes (None without a target)
+    master: Any = 0
+    accumulation: Any = 0
+    transient: Any = 0
+    breakdown: dict | None = None
+    layout: Layout | None = None
+    phases: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        num = lambda x: None if x is None else (x if isinstance(x, (bool, int)) else float(x))  # noqa: E731
+        out = {k: num(getattr(self, k)) for k in
+               ("params", "grads", "optimizer", "master", "accumulation", "activations", "transient",
+                "logits", "total", "hbm_bytes")}
+        out["fits"] = None if self.fits is None else bool(self.fits)
+        out["breakdown"] = {k: num(v) for k, v in (self.breakdown or {}).items()}
+        out["phases"] = {k: num(v) for k, v in (self.phases or {}).items()}
+        out["layout"] = None if self.layout is None else self.layout.to_string()
+        return out
 
 
 def _dtype_bytes(name: str, dtype: str) -> int:
@@ -35,75 +81,266 @@ def _dtype_bytes(name: str, dtype: str) -> int:
     return DTYPE_BYTES[dtype]
 
 
-def activation_bytes_per_layer(cfg: TransformerConfig, batch_size, seq_len, *, dtype: str = "fp32",
-                               remat: bool = False):
-    """Bytes one layer keeps for its backward pass.
+def _min(a, b):
+    if isinstance(a, jax.Array) or isinstance(b, jax.Array):
+        return jnp.minimum(a, b)
+    return min(a, b)
 
-    Without rematerialisation, what autodiff saves per token, counted from `models.Transformer`:
-    the two norm inputs and outputs (4 d), q, k, v (H + 2K head widths), the attention output
-    (H hd), the MLP input of each projection and the hidden activation (2 or 3 ff), and per head
-    the raw scores, the masked scores and the probabilities (3 s per token per head; the count
-    XLA's buffer assignment keeps on CPU, benchmarks/roofline_cpu.py), all in ``dtype``. The same
-    bookkeeping as Korthikanti et al. 2022, Eq. 2 (34 s b h + 5 a s^2 b for 16-bit GPT with
-    dropout), without dropout masks. With full rematerialisation (``remat=True``), each layer
-    keeps only its input (d per token); the one layer being recomputed is counted in
-    `estimate_memory`.
+
+def _max(a, b):
+    if isinstance(a, jax.Array) or isinstance(b, jax.Array):
+        return jnp.maximum(a, b)
+    return max(a, b)
+
+
+# ----------------------------------------------------------------------------- activations
+def activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout = Layout(), dropout: bool = False
+                        ) -> dict[str, Any]:
+    """Elements per token (per chip) of each activation tensor of one layer, as autodiff keeps
+    them with no recomputation (keys below; ``scores`` and ``dropout_scores`` are per token and
+    grow with the sequence).
+
+    Korthikanti et al. 2022, Sec. 4.1 (per layer, 16-bit, with dropout): layer-norm inputs 4sbh
+    bytes, QKV input 2sbh, Q and K 4sbh, V 2sbh, softmax output 2as^2b, projection input 2sbh,
+    MLP input 2sbh, GeLU input and output 16sbh, dropout masks 2sbh + as^2b, attention dropout
+    output 2as^2b: Eq. 1, 34sbh + 5as^2b. Here, in elements per token:
+
+    - ``norm_in`` 2d: the inputs of the two norms (the residual stream);
+    - ``norm_out`` 2d: their outputs, the inputs of q/k/v and of the MLP;
+    - ``qk`` (H + K) hd and ``v`` K hd (GQA: K = n_kv_heads; rope'd q and k);
+    - ``context`` H hd: the score-value product, input of the output projection;
+    - ``mlp`` (2 or 3) ff: the activation's input(s) and output (GeLU: 2 ff = 8h for ff = 4h);
+    - ``scores`` H s: the softmax output (dot attention only); flash keeps ``lse``, H fp32 row
+      log-sum-exps, instead (Dao et al. 2022, Sec. 3.1);
+    - with ``dropout``: ``dropout_masks`` 2d one-byte masks, ``dropout_scores`` H s one-byte
+      mask + H s dropped probabilities (counted in the activation dtype).
+
+    Under ``tp`` every tensor inside attention and the MLP is split (Korthikanti et al. Eq. 2:
+    10 sbh + 24 sbh / t); with ``sequence_parallel`` the norm tensors and masks too (Eq. 3). ``cp``
+    splits the tokens; dot-attention scores then span the whole sequence of keys.
     """
-    b, t = batch_size, seq_len
-    tokens = b * t
-    nbytes = _dtype_bytes("dtype", dtype)
-    if remat:
-        return tokens * cfg.d_model * nbytes
     d, ff = cfg.d_model, cfg.d_ff
-    hd = cfg.resolved_head_dim
-    h, kv = cfg.n_heads, cfg.resolved_n_kv_heads
-    per_token = 4 * d + (h + 2 * kv) * hd + h * hd + (3 if cfg.gated else 2) * ff
-    scores = 3 * b * h * t * t
-    return (tokens * per_token + scores) * nbytes
+    h, kv, hd = cfg.n_heads, cfg.resolved_n_kv_heads, cfg.resolved_head_dim
+    tp = layout.tp
+    sp = tp if layout.sequence_parallel else 1
+    dot = layout.attention == "dot"
+    out = {
+        "norm_in": 2 * d / sp,
+        "norm_out": 2 * d / sp,
+        "qk": (h + kv) * hd / tp,
+        "v": kv * hd / tp,
+        "context": h * hd / tp,
+        "mlp": (3 if cfg.gated else 2) * ff / tp,
+        "scores": h * seq_len / tp if dot else 0,
+        "lse": 0 if dot else h / tp,
+        "dropout_masks": 2 * d / sp if dropout else 0,
+        "dropout_scores": 2 * h * seq_len / tp if dropout and dot else 0,
+    }
+    return out
 
 
-def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips=1, dtype: str = "fp32",
-                    param_dtype: str = "fp32", master_weights: bool = False, remat: bool = False,
-                    shard_state: bool = False, hardware=None) -> MemoryEstimate:
+#: Bytes per element of each activation kind: the compute dtype ("act"), one-byte dropout masks,
+#: the fp32 log-sum-exp of flash attention. The dropped scores: one byte of mask + one of value.
+def _element_bytes(name: str, act: int) -> float:
+    if name == "lse":
+        return FP32
+    if name == "dropout_masks":
+        return 1
+    if name == "dropout_scores":
+        return (1 + act) / 2  # mask (1 byte) + dropout output (act bytes), over 2 elements counted
+    return act
+
+
+def saved_activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout = Layout(),
+                              dropout: bool = False) -> dict[str, Any]:
+    """Elements per token one layer keeps for its backward pass under ``layout.remat``.
+
+    - "none": every tensor of `activation_elements`.
+    - "selective": all but the attention scores, softmax and score-value product's (t x t)
+      inputs (Korthikanti et al. 2022, Sec. 5, Table 2: 34 sbh): ``scores`` and ``dropout_scores``.
+    - "dots" (``dots_with_no_batch_dims_saveable``): the block input (d), the q/k/v projections
+      ((H + 2K) hd), the output projection's result (d) and the MLP's up/gate outputs (1 or 2 ff):
+      the saved matmul outputs the recomputation reads. Everything else is recomputed.
+    - "full" (``nothing_saveable``): the block input only, d per token (Table 2: 2 sbh).
+    """
+    full = activation_elements(cfg, seq_len, layout=layout, dropout=dropout)
+    d, ff = cfg.d_model, cfg.d_ff
+    h, kv, hd = cfg.n_heads, cfg.resolved_n_kv_heads, cfg.resolved_head_dim
+    tp, sp = layout.tp, layout.tp if layout.sequence_parallel else 1
+    zero = dict.fromkeys(full, 0)
+    if layout.remat == "none":
+        return full
+    if layout.remat == "selective":
+        return {**full, "scores": 0, "dropout_scores": 0}
+    if layout.remat == "full":
+        return {**zero, "norm_in": d / sp}
+    # dots
+    return {**zero, "norm_in": 2 * d / sp, "qk": (h + kv) * hd / tp, "v": kv * hd / tp,
+            "mlp": (2 if cfg.gated else 1) * ff / tp}
+
+
+def _bytes(elements: dict[str, Any], tokens, act: int) -> Any:
+    return tokens * sum(v * _element_bytes(k, act) for k, v in elements.items())
+
+
+def activation_bytes_per_layer(cfg: TransformerConfig, batch_size, seq_len, *, dtype: str = "fp32",
+                               remat=False, layout: Layout | None = None, dropout: bool = False):
+    """Bytes one layer keeps for its backward pass, for ``batch_size`` sequences of ``seq_len``.
+
+    ``remat``: a policy name of `models.layout.REMAT_POLICIES`, or True for "full" / False for
+    "none" (the old form). ``layout`` gives the policy, attention kind and tp/sequence-parallel
+    split instead (its dtype then wins over ``dtype``). Per token: `saved_activation_elements`.
+    """
+    if layout is None:
+        policy = {True: "full", False: "none"}.get(remat, remat) if isinstance(remat, bool) else remat
+        layout = Layout(remat=policy, dtype=dtype)
+    act = _dtype_bytes("dtype", layout.dtype)
+    return _bytes(saved_activation_elements(cfg, seq_len, layout=layout, dropout=dropout),
+                  batch_size * seq_len, act)
+
+
+def transient_bytes(cfg: TransformerConfig, micro_batch, seq_len, *, layout: Layout,
+                    block_size: int = DEFAULT_BLOCK, dropout: bool = False) -> dict[str, Any]:
+    """The peak of the one layer being back-propagated, beyond what every layer keeps (bytes).
+
+    - ``recompute``: what the layer re-materialises before its backward (all of
+      `activation_elements` it did not save; for "selective" the scores again);
+    - ``score_grad``: dot attention: the gradient of the softmax output, one (t x t) tensor per
+      head in the compute dtype (the softmax backward fuses into it);
+    - ``flash``: flash attention's working set (Dao et al. 2022, Algorithm 2): four fp32 score
+      blocks (S, P, dP, dS) of block x block per head, the fp32 dQ accumulator (H hd per
+      token), the fp32 row statistics D (H per token) and the fp32 dK, dV block accumulators.
+    - ``layer_grads``: the residual-stream gradient entering and leaving the layer, 2d per token.
+    """
+    act = _dtype_bytes("dtype", layout.dtype)
+    b, s = micro_batch, seq_len / layout.cp
+    tokens = b * s
+    full = activation_elements(cfg, seq_len, layout=layout, dropout=dropout)
+    saved = saved_activation_elements(cfg, seq_len, layout=layout, dropout=dropout)
+    recompute = {k: full[k] - saved[k] for k in full}
+    h, kv, hd = cfg.n_heads / layout.tp, cfg.resolved_n_kv_heads / layout.tp, cfg.resolved_head_dim
+    sp = layout.tp if layout.sequence_parallel else 1
+    out = {"recompute": _bytes(recompute, tokens, act), "score_grad": 0, "flash": 0,
+           "layer_grads": 2 * tokens * cfg.d_model / sp * act}
+    if layout.attention == "dot":
+        out["score_grad"] = tokens * h * seq_len * act
+    else:
+        blk = _min(block_size, s)
+        out["flash"] = FP32 * (4 * b * h * blk * blk + tokens * h * hd + tokens * h + 2 * b * blk * kv * hd)
+    return out
+
+
+# ----------------------------------------------------------------------------- state
+def _split_params(cfg: TransformerConfig, layout: Layout) -> dict[str, Any]:
+    """Parameters per chip before fsdp: (all layers' matrices / tp + their norms) / pp, the
+    embedding and head / tp (vocabulary parallel), on the first (and last) pipeline stage."""
+    comps = param_components(cfg)
+    norms = comps["attn_norm"] + comps["mlp_norm"]
+    layers = sum(comps[k] for k in ("q", "k", "v", "attn_out", "mlp_in", "mlp_gate", "mlp_out"))
+    tables = comps["embedding"] + comps["position"] + comps["head"] + comps["final_norm"]
+    if layout.pp > 1:  # the first stage has the token (and position) table; the last the head
+        first = comps["embedding"] + comps["position"] + (comps["embedding"] if cfg.tied_embeddings else 0)
+        last = comps["head"] + comps["final_norm"] + (comps["embedding"] if cfg.tied_embeddings else 0)
+        tables = _max(first, last)
+    return {"layers": (layers / layout.tp + norms) / layout.pp, "tables": tables / layout.tp}
+
+
+def _in_flight(layout: Layout, micro_batches) -> Any:
+    """Micro-batches of activations the busiest (first) pipeline stage holds at its peak.
+
+    1F1B: min(pp, m) (Narayanan et al. 2021, Sec. 2.2.1; Korthikanti et al. 2022, Sec. 4.2.3:
+    the first stage holds L layers' worth); interleaved: pp (1 + (pp - 1) / (pp v)) (same
+    sections); GPipe: all m (Huang et al. 2019). No pipeline: one.
+    """
+    if layout.pp == 1:
+        return 1
+    if layout.schedule == "gpipe":
+        return micro_batches
+    if layout.schedule == "interleaved":
+        return _min(micro_batches, layout.pp) * (1 + (layout.pp - 1) / (layout.pp * layout.virtual_stages))
+    return _min(micro_batches, layout.pp)
+
+
+def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips=None, dtype: str | None = None,
+                    param_dtype: str | None = None, master_weights: bool | None = None, remat: bool | None = None,
+                    shard_state: bool | None = None, hardware=None, layout: Layout | None = None,
+                    dropout: bool = False, block_size: int = DEFAULT_BLOCK) -> MemoryEstimate:
     """Memory per chip of one training step of ``models.Transformer(cfg)`` under AdamW.
 
     Args:
-      batch_size: global sequences per step, split evenly over ``chips`` (data parallel).
+      batch_size: global sequences per step, split evenly over the data-parallel replicas.
       seq_len: tokens per sequence (None = cfg.seq_len).
-      dtype: activation dtype; param_dtype: parameter and gradient dtype.
-      master_weights: keep an fp32 copy of bf16 parameters in the optimizer (mixed precision).
-      remat: full activation rematerialisation (layer inputs only, one layer recomputed).
-      shard_state: shard parameters, gradients and optimizer state over the chips (ZeRO-3 /
-        FSDP, Rajbhandari et al. 2020); otherwise every chip holds a full replica.
+      layout: a `models.Layout`: remat policy, attention kind, micro-batch, precision and mesh
+        degrees. Without it, the older keywords describe the step: ``chips`` data-parallel chips
+        (default 1), ``dtype`` (activations, default fp32), ``param_dtype`` (default fp32),
+        ``master_weights``, ``remat`` (True = full rematerialisation) and ``shard_state`` (FSDP
+        over the chips); with it, those keywords must be left out (``chips``, if given, must be
+        ``layout.chips``).
       hardware: a `hardware.Spec` (or name) for the ``fits`` answer.
+      dropout: count dropout masks as Korthikanti et al. do (the Flax model has no dropout).
+      block_size: flash-attention block (`models.flash`).
 
-    Parameters and gradients take ``param_dtype`` bytes each; AdamW's two moments are fp32 (8
-    bytes per parameter), + 4 with master weights. The loss keeps 2.5 fp32 logit-sized buffers
-    (``batch x seq x vocab`` each) at its peak: the logits, their gradient and, half the time, the
-    softmax's exponentials (measured against XLA's ``memory_analysis()`` on CPU). The training
-    step donates its parameters and optimizer state, so the updated ones reuse their buffers.
+    Per chip: state / (fsdp x tp x pp) (optimizer also / dp with ``optimizer_sharding``),
+    activations for ``layout.micro_batch`` sequences (default the whole per-replica batch) of
+    ``seq_len / cp`` tokens over ``n_layers / pp`` layers x the micro-batches in flight
+    (`_in_flight`), plus the transient of the layer being back-propagated (`transient_bytes`),
+    or, if larger, the loss phase: the logits and their gradient, two buffers of micro x seq x
+    vocab / tp in the compute dtype. The step donates its parameters and optimizer state, so the updated ones
+    reuse their buffers. ``breakdown`` lists every term.
     """
     require_config(cfg)
+    layout = _resolve_layout(layout, chips=chips, dtype=dtype, param_dtype=param_dtype,
+                             master_weights=master_weights, remat=remat, shard_state=shard_state)
+    if not isinstance(dropout, bool):
+        raise ValueError(f"dropout={dropout!r}: must be True or False")
     seq_len = cfg.seq_len if seq_len is None else seq_len
-    for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("chips", chips)):
+    for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
         check_size(name, v)
-    for name, v in (("master_weights", master_weights), ("remat", remat), ("shard_state", shard_state)):
-        if not isinstance(v, bool):
-            raise ValueError(f"{name}={v!r}: must be True or False")
-    cfg, batch_size, seq_len, chips = promote(cfg, batch_size, seq_len, chips)
-    n = count_params(cfg).total
-    pbytes = _dtype_bytes("param_dtype", param_dtype)
-    share = chips if shard_state else 1
-    params = n * pbytes / share
-    grads = n * pbytes / share
-    optimizer = n * (8 + (4 if master_weights else 0)) / share
-    local_batch = batch_size / chips
-    per_layer = activation_bytes_per_layer(cfg, local_batch, seq_len, dtype=dtype, remat=remat)
-    activations = cfg.n_layers * per_layer
-    if remat:  # the layer being recomputed holds its full activations
-        activations = activations + activation_bytes_per_layer(cfg, local_batch, seq_len, dtype=dtype)
-    logits = 10 * local_batch * seq_len * cfg.vocab_size  # 2.5 fp32 buffers
-    total = params + grads + optimizer + activations + logits
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size={block_size!r}: must be a positive int")
+    layout.check(cfg, batch_size=batch_size if isinstance(batch_size, int) else None,
+                 seq_len=seq_len if isinstance(seq_len, int) else None)
+    cfg, batch_size, seq_len = promote(cfg, batch_size, seq_len)
+    act = _dtype_bytes("dtype", layout.dtype)
+    pbytes = _dtype_bytes("param_dtype", layout.param_dtype)
+    master = layout.master_fp32 and layout.param_dtype != "fp32"
+    opt_bytes = FP32 if master else pbytes  # optax keeps the moments in the dtype of the weights
+
+    # state
+    split = _split_params(cfg, layout)
+    local_params = (split["layers"] + split["tables"]) / layout.fsdp
+    opt_share = layout.dp if layout.optimizer_sharding else 1
+    per_replica = batch_size / layout.data_parallel
+    micro = per_replica if layout.micro_batch is None else layout.micro_batch
+    steps = per_replica / micro
+    accumulating = layout.micro_batch is not None and not (
+        isinstance(steps, (int, float)) and steps <= 1)
+    b = {
+        "params": local_params * pbytes,
+        "grads": local_params * pbytes,
+        "moments": 2 * local_params * opt_bytes / opt_share,
+        "master": local_params * FP32 / opt_share if master else 0,
+        "accumulation": local_params * FP32 if accumulating else 0,
+    }
+
+    # activations
+    tokens = micro * seq_len / layout.cp
+    layers = cfg.n_layers / layout.pp
+    per_layer = _bytes(saved_activation_elements(cfg, seq_len, layout=layout, dropout=dropout), tokens, act)
+    b["saved_activations"] = per_layer * layers * _in_flight(layout, steps)
+    trans = transient_bytes(cfg, micro, seq_len, layout=layout, block_size=block_size, dropout=dropout)
+    logits = 2 * tokens * cfg.vocab_size / layout.tp * act
+    transient = sum(trans.values())
+    # Two phases of the backward pass peak one after the other, not together: the loss (the
+    # logits and their gradient) and then each layer's backward (its transient). Every saved
+    # activation is live in both.
+    phases = {f"layer_{k}": v for k, v in trans.items()}
+    phases["loss_logits"] = logits
+    b["peak_phase"] = _max(transient, logits)
+
+    activations = b["saved_activations"] + b["peak_phase"]
+    optimizer = b["moments"] + b["master"] + b["accumulation"]
+    total = b["params"] + b["grads"] + optimizer + activations
     hbm = fits = None
     if hardware is not None:
         import hardware as hw
@@ -111,7 +348,37 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
         spec = hw.resolve(hardware)
         hbm = spec.hbm_bytes
         fits = total <= hbm
-    return MemoryEstimate(params, grads, optimizer, activations, logits, total, hbm, fits)
+    return MemoryEstimate(b["params"], b["grads"], optimizer, activations, logits, total, hbm, fits,
+                          master=b["master"], accumulation=b["accumulation"], transient=transient,
+                          breakdown=b, layout=layout, phases=phases)
+
+
+def _resolve_layout(layout, *, chips, dtype, param_dtype, master_weights, remat, shard_state) -> Layout:
+    """The layout of the step: ``layout`` itself, or one built from the older keywords."""
+    old = {"dtype": dtype, "param_dtype": param_dtype, "master_weights": master_weights, "remat": remat,
+           "shard_state": shard_state}
+    if layout is not None:
+        if not isinstance(layout, Layout):
+            raise ValueError(f"layout={layout!r}: must be a Layout (e.g. Layout.parse('fsdp=8,remat=full'))")
+        given = sorted(k for k, v in old.items() if v is not None)
+        if given:
+            raise ValueError(f"{', '.join(given)}: give these as fields of layout= (e.g. "
+                             f"layout.replace(...)), not beside it")
+        if chips is not None and chips != layout.chips:
+            raise ValueError(f"chips={chips!r} differs from layout.chips={layout.chips}; leave chips out")
+        return layout
+    chips = 1 if chips is None else chips
+    if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
+        raise ValueError(f"chips={chips!r}: must be a positive int (a mesh needs whole chips)")
+    for name in ("master_weights", "remat", "shard_state"):
+        if old[name] is not None and not isinstance(old[name], bool):
+            raise ValueError(f"{name}={old[name]!r}: must be True or False")
+    dtype = "fp32" if dtype is None else dtype
+    param_dtype = "fp32" if param_dtype is None else param_dtype
+    _dtype_bytes("dtype", dtype)
+    _dtype_bytes("param_dtype", param_dtype)
+    return Layout(remat="full" if remat else "none", dtype=dtype, param_dtype=param_dtype,
+                  master_fp32=bool(master_weights), **({"fsdp": chips} if shard_state else {"dp": chips}))
 
 
 def kv_cache_bytes(cfg: TransformerConfig, *, batch_size=1, seq_len=None, dtype: str = "bf16"):
@@ -122,3 +389,7 @@ def kv_cache_bytes(cfg: TransformerConfig, *, batch_size=1, seq_len=None, dtype:
         check_size(name, v)
     return (2 * cfg.n_layers * cfg.resolved_n_kv_heads * cfg.resolved_head_dim * batch_size * seq_len
             * _dtype_bytes("dtype", dtype))
+
+
+__all__ = ["MemoryEstimate", "activation_bytes_per_layer", "activation_elements", "estimate_memory",
+           "kv_cache_bytes", "saved_activation_elements", "transient_bytes", "count_params"]

@@ -33,6 +33,7 @@ import optax
 
 from models import presets
 from models.config import TransformerConfig
+from models.layout import Layout
 from planner.flops import CONVENTIONS, count_flops
 from planner.laws import ScalingLaw, get_law
 from planner.params import count_params
@@ -94,6 +95,8 @@ class Plan(NamedTuple):
     law: ScalingLaw
     budget: float
     notes: tuple[str, ...] = ()
+    layout: Any = None  # hardware budgets: the chosen models.Layout (remat policy, micro-batch)
+    memory: Any = None  # hardware budgets: its planner.memory.MemoryEstimate (breakdown per chip)
 
 
 def inference_aware(law: ScalingLaw, target_loss: float, inference_tokens: float, *,
@@ -185,13 +188,15 @@ def _law_params(s: _Setup, cfg):
     return pc.total if s.law.params == "total" else pc.non_embedding
 
 
-def _hw_step(s: _Setup, cfg, batch_size):
-    """(time of one step, its MFU) on the hardware budget: the roofline's, or the fma training
-    FLOPs at the given MFU. Works on exact and relaxed configs."""
+def _hw_step(s: _Setup, cfg, batch_size, layout=None):
+    """(time of one step, its MFU) on the hardware budget: the roofline's (with the forward work
+    ``layout`` recomputes), or the fma training FLOPs at the given MFU. Works on exact and
+    relaxed configs."""
     from planner.timing import roofline
 
     if s.mfu is None:
-        r = roofline(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=cfg.seq_len, dtype=s.dtype)
+        r = roofline(cfg, hardware=s.hw, chips=s.chips, batch_size=batch_size, seq_len=cfg.seq_len, dtype=s.dtype,
+                     layout=layout)
         return r.step_time, r.mfu
     model = count_flops(cfg, batch_size=batch_size, seq_len=cfg.seq_len, mode="train", convention="fma").total
     return model / (s.chips * s.hw.peak(s.dtype) * s.mfu), s.mfu
@@ -311,7 +316,39 @@ def _divisors(n: int) -> list[int]:
     return small + [n // k for k in reversed(small) if k * k != n]
 
 
-def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, max_memory):
+#: Remat policies from the least recomputation to the most (the order the planner tries them).
+REMAT_ORDER = ("none", "selective", "dots", "full")
+
+
+def default_layout(chips: int, dtype: str) -> Layout:
+    """The layout a hardware budget assumes unless given one: FSDP over every chip (ZeRO-3) and
+    flash attention, as runs of this size are trained; remat and micro-batch are searched."""
+    return Layout(fsdp=chips, attention="flash", dtype=dtype)
+
+
+def _fitting_layout(cfg: TransformerConfig, batch_size: int, layout: Layout, max_memory):
+    """The cheapest (remat policy, micro-batch) of ``layout`` whose memory fits: the least
+    recomputation first (`REMAT_ORDER`), then the largest micro-batch (a divisor of the
+    per-replica batch). A remat or micro_batch set in ``layout`` is kept, not searched.
+    Returns (layout, MemoryEstimate) or None."""
+    from planner.memory import estimate_memory
+
+    t = cfg.seq_len
+    policies = REMAT_ORDER if layout.remat == "none" else (layout.remat,)
+    if layout.attention == "flash":  # no score matrix to spare: selective keeps what none keeps
+        policies = tuple(p for p in policies if p != "selective")
+    per_replica = batch_size // layout.data_parallel
+    micros = [layout.micro_batch] if layout.micro_batch is not None else _divisors(per_replica)[::-1]
+    for policy in policies:
+        for micro in micros:
+            lay = layout.replace(remat=policy, micro_batch=None if micro == per_replica else micro)
+            mem = estimate_memory(cfg, batch_size=batch_size, seq_len=t, layout=lay)
+            if max_memory is None or float(mem.total) <= max_memory:
+                return lay, mem
+    return None
+
+
+def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, max_memory, layout=None):
     """Exact evaluation of one shape: whole steps within the budget, integer FLOPs."""
     t = cfg.seq_len
     n = _law_params(s, cfg)
@@ -320,22 +357,22 @@ def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, ma
     if s.hw is None:
         steps = int(budget // step_flops) if isinstance(step_flops, int) else int(math.floor(budget / float(step_flops)))
     else:
-        from planner.memory import estimate_memory
-
-        step_time, mfu = _hw_step(s, cfg, batch_size)
-        steps = int(math.floor(budget / step_time))
-        # State sharded over the chips (FSDP / ZeRO-3), as runs of this size are trained.
-        # Gradient accumulation: the largest micro-batch (a divisor of the per-chip batch) whose
-        # memory fits; the step's FLOPs and roofline time are those of the whole batch.
-        local = batch_size // s.chips
-        for micro in _divisors(local)[::-1]:
-            mem = float(estimate_memory(cfg, batch_size=micro * s.chips, seq_len=t, chips=s.chips,
-                                        dtype=s.dtype, shard_state=True).total)
-            if max_memory is None or mem <= max_memory:
-                break
-        else:
+        # The layout (default: FSDP over the chips, flash attention) with the cheapest remat
+        # policy and micro-batch that fit; the step's roofline time includes what it recomputes.
+        lay = default_layout(s.chips, s.dtype) if layout is None else layout
+        try:
+            lay.check(cfg, batch_size=batch_size, seq_len=t)
+        except ValueError:
+            return None  # this shape cannot be split as the layout asks
+        found = _fitting_layout(cfg, batch_size, lay, max_memory)
+        if found is None:
             return None
-        out.update(step_time=step_time, mfu=mfu, memory=mem, micro_batch=micro)
+        lay, mem = found
+        step_time, mfu = _hw_step(s, cfg, batch_size, lay)
+        steps = int(math.floor(budget / step_time))
+        micro = lay.micro_batch or batch_size // lay.data_parallel
+        out.update(step_time=step_time, mfu=mfu, memory=float(mem.total), micro_batch=micro, layout=lay,
+                   memory_estimate=mem)
     if steps < 1:
         return None
     tokens = steps * batch_size * t
@@ -497,7 +534,8 @@ def plan(budget_flops: float | None = None, *, law="chinchilla", base=None, conv
          d_model_multiple: int = 128, d_ff_multiple: int = 128, free_mlp_ratio: bool = False,
          mlp_ratio: float | None = None, aspect_ratio: tuple[float, float] | None = DEFAULT_ASPECT,
          n_layers: int | None = None, d_model: int | None = None, max_memory_per_chip: float | None = None,
-         inference_tokens: float | None = None, steps: int = 300, learning_rate: float = 0.05) -> Plan:
+         inference_tokens: float | None = None, steps: int = 300, learning_rate: float = 0.05,
+         layout: Layout | None = None) -> Plan:
     """The shape that spends a compute budget for the lowest predicted loss.
 
     Args:
@@ -519,6 +557,10 @@ def plan(budget_flops: float | None = None, *, law="chinchilla", base=None, conv
         training + inference FLOPs (6ND + 2N D_inf) next to the inference-aware plan that reaches
         the same loss for the least total (Sardana et al. 2024; `inference_aware`).
       steps, learning_rate: the Adam search.
+      layout: hardware budgets: the `models.Layout` of the run (its chips must be ``chips``);
+        default `default_layout` (FSDP over the chips, flash attention). Its remat policy and
+        micro-batch are searched when left at "none" / None: the plan takes the cheapest that
+        fits (`REMAT_ORDER`, then the largest micro-batch) and reports it in ``Plan.layout``.
 
     Raises:
       ValueError: invalid arguments; a budget below the smallest allowed shape's one step (the
@@ -532,7 +574,8 @@ def plan(budget_flops: float | None = None, *, law="chinchilla", base=None, conv
                     head_dim=head_dim, d_model_multiple=d_model_multiple, d_ff_multiple=d_ff_multiple,
                     free_mlp_ratio=free_mlp_ratio, mlp_ratio=mlp_ratio, aspect_ratio=aspect_ratio,
                     n_layers=n_layers, d_model=d_model, max_memory_per_chip=max_memory_per_chip,
-                    inference_tokens=inference_tokens, steps=steps, learning_rate=learning_rate)[0]
+                    inference_tokens=inference_tokens, steps=steps, learning_rate=learning_rate,
+                    layout=layout)[0]
 
 
 def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", hardware=None,
@@ -541,7 +584,7 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
              d_model_multiple: int = 128, d_ff_multiple: int = 128, free_mlp_ratio: bool = False,
              mlp_ratio: float | None = None, aspect_ratio=DEFAULT_ASPECT, n_layers=None, d_model=None,
              max_memory_per_chip=None, inference_tokens: float | None = None, steps: int = 300,
-             learning_rate: float = 0.05) -> list[Plan]:
+             learning_rate: float = 0.05, layout: Layout | None = None) -> list[Plan]:
     """`plan` for many budgets at once: one vectorised continuous search (vmap over budgets),
     then the exact rounding of each. With a hardware budget, ``budgets`` are ignored (pass
     [None]) and ``days`` may be a list instead."""
@@ -560,6 +603,14 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
     if max_memory_per_chip is not None and s.hw is None:
         raise ValueError(f"max_memory_per_chip={max_memory_per_chip!r}: applies to a hardware budget "
                          "(hardware=, chips=, days=); a FLOP budget plans no chip")
+    if layout is not None:
+        if not isinstance(layout, Layout):
+            raise ValueError(f"layout={layout!r}: must be a Layout (e.g. Layout.parse('fsdp=8,attention=flash'))")
+        if s.hw is None:
+            raise ValueError("layout= describes a run on hardware; give hardware=, chips= and days= with it")
+        if layout.chips != s.chips:
+            raise ValueError(f"layout has {layout.chips} chips (its mesh degrees multiply to that) but "
+                             f"chips={s.chips}; make them agree")
     if max_memory_per_chip is None and s.hw is not None:
         max_memory_per_chip = s.hw.hbm_bytes
     if max_memory_per_chip is not None:
@@ -621,7 +672,8 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
         if not cands:
             raise ValueError("no shape satisfies the constraints (aspect_ratio, n_layers, d_model, head_dims) "
                              f"near the optimum d_model={d_c:.0f}, n_layers={l_c:.1f}")
-        scored = [e for e in (_exact(s, c, budget, batch, max_memory_per_chip) for c in cands) if e is not None]
+        scored = [e for e in (_exact(s, c, budget, batch, max_memory_per_chip, layout) for c in cands)
+                  if e is not None]
         if not scored:
             why = (f"max_memory_per_chip={max_memory_per_chip:.3g} bytes" if max_memory_per_chip is not None
                    else "the budget (not one whole step fits)")
@@ -644,5 +696,6 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
             step_time=step_time, mfu=mfu_out, days=days_out, memory_per_chip=memory,
             micro_batch=best["micro_batch"], inference=_inference(s, best, inference_tokens), convention=s.convention, law=s.law, budget=budget,
             notes=_notes(s, best, {"d_model": d_c, "n_layers": l_c}, max_memory_per_chip),
+            layout=best.get("layout"), memory=best.get("memory_estimate"),
         ))
     return plans

@@ -44,6 +44,8 @@ class StepTime(NamedTuple):
     hardware: str
     chips: Any
     dtype: str
+    hfu: Any = None  # hardware FLOPs (recomputation included) / (step_time x chips x peak)
+    hardware_flops: Any = None  # what the chips execute: model FLOPs + the layout's recomputation
 
 
 def _max(a, b):
@@ -106,7 +108,7 @@ def _link_bandwidth(spec, chips):
 
 
 def roofline(cfg: TransformerConfig, *, hardware, chips=1, batch_size=1, seq_len=None,
-             dtype: str = "bf16", mode: str = "train", param_dtype: str = "fp32") -> StepTime:
+             dtype: str = "bf16", mode: str = "train", param_dtype: str = "fp32", layout=None) -> StepTime:
     """Roofline time of one step of ``models.Transformer(cfg)`` on ``chips`` chips of ``hardware``.
 
     Args:
@@ -116,8 +118,10 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=1, batch_size=1, seq_len
         never another dtype's peak) and the activation bytes.
       mode: "train" (forward, backward, AdamW), "forward" or "backward".
 
-    FLOPs per component are the "xla" convention's (what the program executes); bytes per
-    component are `component_bytes`. The gradient all-reduce moves 2 (chips - 1) / chips x
+    FLOPs per component are the "xla" convention's (what the program executes), with the forward
+    work ``layout`` (a `models.Layout`) recomputes (`planner.flops.recompute_flops`); bytes per
+    component are `component_bytes` (flash attention moves no score matrix through HBM). ``mfu``
+    counts model FLOPs, ``hfu`` hardware FLOPs (recomputation included). The gradient all-reduce moves 2 (chips - 1) / chips x
     parameter bytes over the slowest link it crosses (ring algorithm; Patarasuk & Yuan 2009).
     """
     import hardware as hw
@@ -138,9 +142,11 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=1, batch_size=1, seq_len
             raise ValueError(f"batch_size={batch_size}: must be divisible by chips={chips} "
                              "(each chip takes batch_size / chips sequences)")
         local = batch_size // chips
-    flops = count_flops(cfg, batch_size=local, seq_len=seq_len, mode=mode, convention="xla")
+    flops = count_flops(cfg, batch_size=local, seq_len=seq_len, mode=mode, convention="xla", layout=layout)
     cfg_p, local_p, seq_p = promote(cfg, local, seq_len)
     moved = component_bytes(cfg_p, local_p, seq_p, mode=mode, act_bytes=act_bytes, param_bytes=param_bytes)
+    if layout is not None and layout.attention == "flash":
+        moved["softmax"] = 0  # the online softmax stays on chip (Dao et al. 2022, Sec. 3.1)
     comps = {}
     for name in FLOP_COMPONENTS:
         f, by = flops.components[name], moved[name]
@@ -154,7 +160,10 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=1, batch_size=1, seq_len
         comm = 2 * (chips - 1) / chips * grad_bytes / _link_bandwidth(spec, chips)
     step = compute + comm
     model = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode, convention="fma").total
+    executed = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode, convention="fma",
+                           layout=layout).total
     tokens = batch_size * seq_len
     return StepTime(step_time=step, compute_time=compute, comm_time=comm, tokens_per_s=tokens / step,
                     mfu=model / (step * chips * peak), model_flops=model, components=comps,
-                    hardware=spec.name, chips=chips, dtype=dtype)
+                    hardware=spec.name, chips=chips, dtype=dtype, hfu=executed / (step * chips * peak),
+                    hardware_flops=executed)

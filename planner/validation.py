@@ -174,7 +174,8 @@ MAX_UNROLLED_LAYERS = 512
 
 
 def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None = None,
-             mode: str = "forward", stage: str = "lowered", scan_layers: bool = False) -> ValidationReport:
+             mode: str = "forward", stage: str = "lowered", scan_layers: bool = False,
+             target=None, layout=None):
     """Compare XLA's cost analysis of `models.Transformer` (or its training step) with the
     closed form, component by component.
 
@@ -186,10 +187,23 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
       stage: "lowered" (the unoptimised HLO, what the "xla" convention describes) or "compiled"
         (optimised for this backend; may fuse or simplify elementwise work).
       scan_layers: build the layers under ``nnx.scan`` (XLA then counts one layer's body).
+      target: a compile-only TPU or GPU target ("tpu-v5p:2x2x1", "h100:8"; planner.targets):
+        compile the optimised program for that chip instead of XLA:CPU's, in a subprocess.
+      layout: with ``target``, a `planner.Layout` (or its string, "dp=4") splitting the step.
 
     Returns:
-      A `ValidationReport`.
+      A `ValidationReport`; with ``target``, a `planner.targets.TargetValidation` (the
+      compiler's per-device numbers beside the closed form).
     """
+    if target is not None:
+        from planner.targets import validate_target
+
+        if stage != "lowered":
+            raise ValueError(f"stage={stage!r}: with target= the optimised program is read; drop stage")
+        return validate_target(cfg, target, batch_size=batch_size, seq_len=seq_len, mode=mode,
+                               layout=layout, scan_layers=scan_layers)
+    if layout is not None:
+        raise ValueError("layout= needs target= (a compile-only TPU or GPU target to shard over)")
     if not isinstance(mode, str) or mode not in VALIDATE_MODES:
         raise ValueError(f"mode={mode!r}: unknown; valid: {', '.join(VALIDATE_MODES)}")
     if not isinstance(stage, str) or stage not in STAGES:
@@ -294,3 +308,94 @@ def default_grid() -> list[tuple[str, TransformerConfig, int, int]]:
                     grid.append((label, cfg, 1 + i % 2, 8 + 4 * (i % 3)))
                     i += 1
     return grid
+
+
+# ----------------------------------------------------------------------------- memory
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """The compiler's ``memory_analysis()`` of one training step next to `estimate_memory`.
+
+    ``peak`` = argument + temp + output - alias bytes (what the step needs on the chip at once;
+    the step donates its parameters and optimizer state, so the outputs alias them).
+    ``rel_error`` = (closed form - peak) / peak.
+    """
+
+    target: str
+    layout: str
+    batch_size: int
+    seq_len: int
+    argument: int
+    temp: int
+    output: int
+    alias: int
+    closed_form: Any  # planner.memory.MemoryEstimate
+
+    @property
+    def peak(self) -> int:
+        return self.argument + self.temp + self.output - self.alias
+
+    @property
+    def rel_error(self) -> float:
+        return (float(self.closed_form.total) - self.peak) / self.peak
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "layout": self.layout, "batch_size": self.batch_size,
+                "seq_len": self.seq_len, "argument": self.argument, "temp": self.temp, "output": self.output,
+                "alias": self.alias, "peak": self.peak, "closed_form": self.closed_form.to_dict(),
+                "rel_error": self.rel_error}
+
+
+#: The compile-only TPU topology `validate_memory` compiles for (one chip of it).
+TPU_TOPOLOGY = "v5p:2x2x1"
+
+
+def compile_train_step(cfg: TransformerConfig, layout, *, batch_size: int, seq_len: int,
+                       topology: str = TPU_TOPOLOGY):
+    """Compile `models.train_step` under ``layout`` for one chip of a compile-only TPU topology
+    (libtpu, no TPU needed; `jax.experimental.topologies`). Returns the compiled executable."""
+    import os
+
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # several processes may load libtpu
+    from jax.experimental import topologies
+
+    from models.train import jax_dtype, layout_train_step
+
+    try:
+        topo = topologies.get_topology_desc(topology, "tpu")
+    except Exception as err:  # noqa: BLE001 (libtpu missing or the name unknown)
+        raise ValueError(f"topology={topology!r}: cannot build the compile-only TPU target ({err}); "
+                         "install libtpu (pip install 'scaling-planner[tpu]')") from None
+    sharding = jax.sharding.SingleDeviceSharding(topo.devices[0])
+    model = abstract_model(cfg, layout=layout, dtype=jax_dtype(layout.dtype))
+    graphdef, params = nnx.split(model, nnx.Param)
+    store = jnp.float32 if layout.master_fp32 else jax_dtype(layout.param_dtype)
+    put = lambda a, dt=None: jax.ShapeDtypeStruct(a.shape, dt or a.dtype, sharding=sharding)  # noqa: E731
+    params = jax.tree.map(lambda a: put(a, store), params)
+    tx = adamw()
+    opt_state = jax.tree.map(put, jax.eval_shape(tx.init, params))
+    tokens = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=sharding)
+    step = layout_train_step(graphdef, tx, layout, batch_size)
+    return step.func.lower(params, opt_state, tokens, tokens, **step.keywords).compile()
+
+
+def validate_memory(cfg: TransformerConfig, layout=None, *, batch_size: int = 1, seq_len: int | None = None,
+                    topology: str = TPU_TOPOLOGY) -> MemoryReport:
+    """The TPU compiler's memory of one training step (compile-only) next to the closed form.
+
+    The model runs the layout as `models.Transformer` implements it: flash attention is
+    `models.flash` (blockwise JAX, compiled by XLA:TPU), not the Pallas kernel.
+    """
+    from models.layout import Layout
+    from planner.memory import estimate_memory
+
+    layout = Layout() if layout is None else layout
+    if layout.chips != 1:
+        raise ValueError(f"validate_memory compiles for one chip; layout has {layout.chips} "
+                         "(estimate_memory divides by the mesh, the compiled check does not)")
+    seq_len = cfg.seq_len if seq_len is None else seq_len
+    estimate = estimate_memory(cfg, batch_size=batch_size, seq_len=seq_len, layout=layout)
+    m = compile_train_step(cfg, layout, batch_size=batch_size, seq_len=seq_len, topology=topology).memory_analysis()
+    return MemoryReport(target=f"tpu {topology} (compile-only)", layout=layout.to_string() or "default",
+                        batch_size=batch_size, seq_len=seq_len, argument=int(m.argument_size_in_bytes),
+                        temp=int(m.temp_size_in_bytes), output=int(m.output_size_in_bytes),
+                        alias=int(m.alias_size_in_bytes), closed_form=estimate)

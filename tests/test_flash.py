@@ -1,0 +1,107 @@
+"""Flash attention, remat policies, micro-batches and precision in the model and the train step."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from models import Layout, presets
+from models.flash import block_size_for, flash_attention
+from models.train import init_train_state, layout_train_step, lm_loss, train_step
+from models.transformer import Transformer, _core_attention
+
+CFG = presets.get("tiny-llama")  # GQA, RoPE, SwiGLU, RMSNorm
+
+
+def _qkv(b=2, t=64, kv=2, g=2, hd=16, seed=0):
+    ks = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return (jax.random.normal(ks[0], (b, t, kv, g, hd)), jax.random.normal(ks[1], (b, t, kv, hd)),
+            jax.random.normal(ks[2], (b, t, kv, hd)))
+
+
+@pytest.mark.parametrize("block", [64, 16, 8])
+def test_flash_equals_dot_attention_values_and_gradients(block):
+    q, k, v = _qkv()
+    ref = lambda q, k, v: _core_attention(q, k, v).reshape(q.shape)  # noqa: E731
+    fla = jax.jit(lambda q, k, v: flash_attention(q, k, v, block_size=block))
+    np.testing.assert_allclose(fla(q, k, v), ref(q, k, v), atol=2e-6)
+    w = jax.random.normal(jax.random.PRNGKey(9), q.shape)  # a cotangent that is not all ones
+    g_ref = jax.grad(lambda *a: (ref(*a) * w).sum(), (0, 1, 2))(q, k, v)
+    g_fla = jax.jit(jax.grad(lambda *a: (flash_attention(*a, block_size=block) * w).sum(), (0, 1, 2)))(q, k, v)
+    for a, b in zip(g_fla, g_ref):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_flash_never_materialises_the_score_matrix():
+    t, block = 128, 32
+    q, k, v = _qkv(b=1, t=t, kv=1, g=1, hd=8)
+    f = lambda q, k, v: (flash_attention(q, k, v, block_size=block) ** 2).sum()  # noqa: E731
+    text = jax.jit(jax.grad(f, (0, 1, 2))).lower(q, k, v).as_text(dialect="hlo")
+    shapes = {tuple(int(x) for x in m.split(",")) for m in re.findall(r"\[([\d,]+)\]", text)}
+    assert not [s for s in shapes if s.count(t) >= 2], "a (seq x seq) array exists"
+    assert any(s[-2:] == (block, block) for s in shapes)  # the score blocks do
+    assert block_size_for(96, 64) == 48 and block_size_for(100, 512) == 100
+
+
+def _model_loss_and_grads(layout, cfg=CFG, b=2, t=32):
+    model = Transformer(cfg, rngs=nnx.Rngs(0), layout=layout)
+    graphdef, params = nnx.split(model, nnx.Param)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (b, t + 1), 0, cfg.vocab_size)
+
+    def loss(p):
+        return lm_loss(nnx.merge(graphdef, p), tokens[:, :-1], tokens[:, 1:])
+
+    return jax.jit(jax.value_and_grad(loss))(params), jax.make_jaxpr(loss)(params)
+
+
+@pytest.mark.parametrize("text", ["attention=flash", "remat=full", "remat=dots", "remat=selective",
+                                  "attention=flash,remat=full"])
+def test_every_layout_gives_the_same_loss_and_gradients(text):
+    (loss0, g0), _ = _model_loss_and_grads(Layout())
+    (loss1, g1), jaxpr = _model_loss_and_grads(Layout.parse(text))
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4)
+    lay = Layout.parse(text)
+    has_remat = "checkpoint" in str(jaxpr) or "remat" in str(jaxpr)
+    assert has_remat == (lay.remat != "none")
+    assert ("custom_vjp_call" in str(jaxpr)) == (lay.attention == "flash")
+
+
+def test_bad_layout_argument_is_named():
+    with pytest.raises(ValueError, match="layout='remat=full': must be a models.Layout"):
+        Transformer(CFG, rngs=nnx.Rngs(0), layout="remat=full")
+
+
+def test_micro_batches_give_the_full_batch_step():
+    state = init_train_state(CFG, seed=0)
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (8, 17), 0, CFG.vocab_size)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (the step donates)
+    out = {}
+    for n in (1, 4):
+        step = layout_train_step(state.graphdef, state.tx, Layout(micro_batch=8 // n), 8)
+        assert step.keywords["micro_batches"] == n
+        out[n] = step(copy(state.params), copy(state.opt_state), tokens[:, :-1], tokens[:, 1:])
+    np.testing.assert_allclose(out[4][2], out[1][2], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(out[4][0]), jax.tree.leaves(out[1][0])):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="micro_batches=3 does not divide the batch of 8"):
+        train_step(copy(state.params), copy(state.opt_state), tokens[:, :-1], tokens[:, 1:],
+                   graphdef=state.graphdef, tx=state.tx, micro_batches=3)
+
+
+def test_precision_fields_reach_the_parameters_and_the_step():
+    bf = init_train_state(CFG, layout=Layout(dtype="bf16", param_dtype="bf16"))
+    assert {a.dtype for a in jax.tree.leaves(bf.params)} == {jnp.dtype(jnp.bfloat16)}
+    lay = Layout(dtype="bf16", param_dtype="bf16", master_fp32=True)
+    master = init_train_state(CFG, layout=lay)
+    assert {a.dtype for a in jax.tree.leaves(master.params)} == {jnp.dtype(jnp.float32)}
+    step = layout_train_step(master.graphdef, master.tx, lay, 2)
+    tokens = jnp.zeros((2, 9), jnp.int32)
+    params, _, loss = step(master.params, master.opt_state, tokens[:, :-1], tokens[:, 1:])
+    assert {a.dtype for a in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)} and jnp.isfinite(loss)
+    with pytest.raises(ValueError, match="fp8 matmuls are modelled by the planner's closed forms only"):
+        init_train_state(CFG, layout=Layout(dtype="fp8"))

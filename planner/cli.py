@@ -698,7 +698,7 @@ def _check_dtype(spec, dtype: str) -> None:
 
     if dtype_key(dtype) not in spec.peak_flops:
         have = ", ".join(spec.peak_flops)
-        raise UsageError(f"{spec.name} has no {dtype!r} peak (it lists {have}); pass --dtype "
+        raise UsageError(f"{spec.name} has no {dtype_key(dtype)!r} peak (it lists {have}); pass --dtype "
                          f"{next(iter(spec.peak_flops))}, or add peak_flops.{dtype_key(dtype)} to its spec file"
                          + (" ('planner calibrate' measures fp32 and bf16)" if spec.name.startswith("calibrated")
                             else ""))

@@ -229,6 +229,12 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
         raise ValueError("validate needs integer sizes; got a relaxed (array) config")
     if not isinstance(scan_layers, bool):
         raise ValueError(f"scan_layers={scan_layers!r}: must be True or False")
+    sizes = {n: getattr(cfg, n, None) for n in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "seq_len",
+                                                 "n_kv_heads", "head_dim")}
+    for name, v in {**sizes, "batch_size": batch_size, "seq_len": seq_len if seq_len is not None else cfg.seq_len}.items():
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 2**31:
+            raise ValueError(f"{name}={v}: at least 2^31, too large an array dimension for XLA to lower "
+                             "(validate lowers the real program); the closed forms (planner count) take any size")
     if not scan_layers and cfg.n_layers > MAX_UNROLLED_LAYERS:
         raise ValueError(f"n_layers={cfg.n_layers}: more than {MAX_UNROLLED_LAYERS} layers unrolled would take "
                          f"minutes to lower (about 0.1-0.2 s a layer); validate with the layers under nnx.scan "

@@ -349,3 +349,13 @@ def test_library_type_errors_say_what_to_pass():
             planner.kv_cache_bytes(cfg, **kwargs)
     # the count it gives otherwise: 2 (K and V) x layers x kv heads x head_dim x tokens x 2 bytes
     assert planner.kv_cache_bytes(cfg, batch_size=3, seq_len=10) == 2 * 2 * 2 * 16 * 30 * 2
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    # found by the sweep above: sizes past XLA's array dimensions overflowed inside jit
+    (["validate", "--preset", "tiny-gpt", "--set", "vocab_size=99999999999999999999999"], "vocab_size=9999"),
+    (["validate", "--preset", "tiny-gpt", "--batch", "99999999999999999999999"], "batch_size=9999"),
+])
+def test_validate_refuses_sizes_xla_cannot_lower(cli, argv, needle):
+    _one_error_line(*cli(*argv), needle)
+    assert "too large an array dimension" in cli(*argv)[2]

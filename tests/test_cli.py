@@ -220,7 +220,7 @@ def test_calibrated_spec_serves_time_and_plan(cli, tmp_path):
     # a spec without bf16: the error names the flag that picks the dtype it has
     hardware.save(__import__("dataclasses").replace(spec, peak_flops={"fp32": spec.peak_flops["fp32"]}), path)
     code, out, err = cli("time", "--preset", "tiny-gpt", "--hardware", str(path))
-    assert code == 2 and "no bf16 peak (it lists fp32); pass --dtype fp32" in err
+    assert code == 2 and "no 'bf16' peak (it lists fp32); pass --dtype fp32" in err
 
 
 def test_time_json_is_standard_json(cli, tmp_path):

@@ -46,10 +46,45 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 scope = jax.named_scope  # tags ops with a FLOP component name; costs nothing
 
 
-def _norm(cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype) -> nnx.Module:
+def _norm(cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype, width: int | None = None) -> nnx.Module:
+    width = cfg.d_model if width is None else width
+    if cfg.norm_offset:
+        return OffsetNorm(cfg, width, rngs=rngs, dtype=dtype)
     if cfg.norm == "layernorm":
-        return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, use_bias=cfg.bias, dtype=dtype, rngs=rngs)
-    return nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
+        return nnx.LayerNorm(width, epsilon=cfg.norm_eps, use_bias=cfg.resolved_norm_bias, dtype=dtype, rngs=rngs)
+    return nnx.RMSNorm(width, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
+
+
+class OffsetNorm(nnx.Module):
+    """A norm that multiplies by (1 + scale), scale initialised to 0: Gemma's RMSNorm and
+    Nemotron's LayerNorm1P. Same parameters as the plain norm (scale, and a LayerNorm's shift)."""
+
+    def __init__(self, cfg: TransformerConfig, width: int, *, rngs: nnx.Rngs, dtype):
+        kw = dict(epsilon=cfg.norm_eps, use_scale=False, dtype=dtype, rngs=rngs)
+        if cfg.norm == "layernorm":
+            self.norm = nnx.LayerNorm(width, use_bias=False, **kw)
+            self.bias = nnx.Param(jnp.zeros((width,), jnp.float32)) if cfg.resolved_norm_bias else None
+        else:
+            self.norm = nnx.RMSNorm(width, **kw)
+            self.bias = None
+        self.scale = nnx.Param(jnp.zeros((width,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.norm(x) * (1 + self.scale[...]).astype(x.dtype)
+        return y if self.bias is None else y + self.bias[...].astype(x.dtype)
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+    """cap * tanh(x / cap): Gemma 2's soft-capping of attention scores and logits."""
+    return cap * jnp.tanh(x / cap)
+
+
+def window_mask(t: int, window) -> jax.Array:
+    """(t, t) bool: key j is visible from query i when j <= i and i - j < window (Mistral's
+    sliding window, Beltagy et al. 2020 without the global tokens); window may be traced."""
+    i = jnp.arange(t)[:, None]
+    j = jnp.arange(t)[None, :]
+    return (j <= i) & (i - j < window)
 
 
 class Attention(nnx.Module):
@@ -64,8 +99,31 @@ class Attention(nnx.Module):
         self.k = lin(cfg.d_model, kv * hd, qkv_bias)
         self.v = lin(cfg.d_model, kv * hd, qkv_bias)
         self.o = lin(h * hd, cfg.d_model, cfg.bias)
+        # QK-norm (Dehghani et al. 2023): over each head (Qwen3, Gemma 3) or the whole projection
+        # (OLMo 2); kv heads' norm has kv * hd entries in the latter.
+        widths = {"head": (hd, hd), "full": (h * hd, kv * hd)}.get(cfg.qk_norm)
+        self.q_norm = _norm(cfg, rngs=rngs, dtype=dtype, width=widths[0]) if widths else None
+        self.k_norm = _norm(cfg, rngs=rngs, dtype=dtype, width=widths[1]) if widths else None
+        self.qk_norm = cfg.qk_norm
+        self.rotary_dim = cfg.rotary_dim if cfg.position == "rope" else None
+        self.attn_softcap = cfg.attn_softcap
+        self.windowed = cfg.sliding_window is not None
 
-    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+    def _qk_normed(self, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        with scope("norms"):
+            if self.qk_norm == "head":
+                return self.q_norm(q), self.k_norm(k)
+            return (self.q_norm(q.reshape(*q.shape[:2], -1)).reshape(q.shape),
+                    self.k_norm(k.reshape(*k.shape[:2], -1)).reshape(k.shape))
+
+    def _rope(self, x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+        r = self.rotary_dim
+        if r == x.shape[-1]:
+            return apply_rope(x, *rope)
+        # partial rotary (GPT-NeoX rotary_pct): the first r dims rotate, the rest pass through
+        return jnp.concatenate([apply_rope(x[..., :r], *rope), x[..., r:]], axis=-1)
+
+    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, window=None) -> jax.Array:
         b, t, _ = x.shape
         kv, hd = self.n_kv_heads, self.head_dim
         groups = self.n_heads // kv
@@ -77,12 +135,19 @@ class Attention(nnx.Module):
             k = self.k(x).reshape(b, t, kv, hd)
         with scope("v"):
             v = self.v(x).reshape(b, t, kv, hd)
+        if self.q_norm is not None:
+            q, k = self._qk_normed(q, k)
         if rope is not None:
             with scope("rope"):
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                q, k = self._rope(q, rope), self._rope(k, rope)
         with scope("attn_scores"):
             scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (1.0 / math.sqrt(hd))
-            causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+            if self.attn_softcap is not None:
+                scores = softcap(scores, self.attn_softcap)
+            if self.windowed:  # every layer builds the same mask; a global layer's window is t
+                causal = window_mask(t, t if window is None else window)
+            else:
+                causal = jnp.tril(jnp.ones((t, t), dtype=bool))
             scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
         with scope("softmax"):
             probs = jax.nn.softmax(scores, axis=-1)
@@ -97,7 +162,7 @@ class MLP(nnx.Module):
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.kind = cfg.mlp
-        lin = lambda i, o: nnx.Linear(i, o, use_bias=cfg.bias, dtype=dtype, rngs=rngs)  # noqa: E731
+        lin = lambda i, o: nnx.Linear(i, o, use_bias=cfg.resolved_mlp_bias, dtype=dtype, rngs=rngs)  # noqa: E731
         self.up = lin(cfg.d_model, cfg.d_ff)
         self.gate = lin(cfg.d_model, cfg.d_ff) if cfg.gated else None
         self.down = lin(cfg.d_ff, cfg.d_model)
@@ -113,6 +178,10 @@ class MLP(nnx.Module):
                 h = jax.nn.gelu(up, approximate=True)
             elif self.kind == "swiglu":
                 h = jax.nn.silu(gate) * up
+            elif self.kind == "gelu_exact":  # erf GELU (Hendrycks & Gimpel 2016): GPT-NeoX, Falcon
+                h = jax.nn.gelu(up, approximate=False)
+            elif self.kind == "relu2":  # squared ReLU (So et al. 2021, Primer): Nemotron
+                h = jnp.square(jax.nn.relu(up))
             else:  # geglu
                 h = jax.nn.gelu(gate, approximate=True) * up
         with scope("mlp_out"):
@@ -120,18 +189,48 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    """One pre-norm transformer block."""
+    """One transformer block: pre-norm, or the placement / parallel form the config names."""
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.attn_norm = _norm(cfg, rngs=rngs, dtype=dtype)
+        placement = cfg.norm_placement
+        self.placement, self.parallel = placement, cfg.parallel_residual
+        self.attn_norm = _norm(cfg, rngs=rngs, dtype=dtype) if placement != "post" else None
         self.attn = Attention(cfg, rngs=rngs, dtype=dtype)
-        self.mlp_norm = _norm(cfg, rngs=rngs, dtype=dtype)
+        self.mlp_norm = (_norm(cfg, rngs=rngs, dtype=dtype)
+                         if placement != "post" and not cfg.shared_norm else None)
         self.mlp = MLP(cfg, rngs=rngs, dtype=dtype)
+        post = placement in ("sandwich", "post")
+        self.attn_post_norm = _norm(cfg, rngs=rngs, dtype=dtype) if post else None
+        self.mlp_post_norm = _norm(cfg, rngs=rngs, dtype=dtype) if post else None
 
-    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+    def _arch_call(self, x: jax.Array, rope, window) -> jax.Array:
+        """The blocks that are not plain pre-norm: parallel (GPT-J, GPT-NeoX; Wang & Komatsuzaki
+        2021), sandwich (Gemma 2) and post-sublayer norms (OLMo 2, OLMo et al. 2024)."""
+        def normed(norm, h):
+            if norm is None:
+                return h
+            with scope("norms"):
+                return norm(h)
+
+        if self.parallel:
+            a = normed(self.attn_norm, x)
+            m = a if self.mlp_norm is None else normed(self.mlp_norm, x)
+            a, m = self.attn(a, rope, window), self.mlp(m)
+            with scope("residual"):
+                return x + a + m
+        h = normed(self.attn_post_norm, self.attn(normed(self.attn_norm, x), rope, window))
+        with scope("residual"):
+            x = x + h
+        h = normed(self.mlp_post_norm, self.mlp(normed(self.mlp_norm, x)))
+        with scope("residual"):
+            return x + h
+
+    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, window=None) -> jax.Array:
+        if self.parallel or self.placement != "pre":
+            return self._arch_call(x, rope, window)
         with scope("norms"):
             h = self.attn_norm(x)
-        h = self.attn(h, rope)
+        h = self.attn(h, rope, window)
         with scope("residual"):
             x = x + h
         with scope("norms"):
@@ -181,7 +280,7 @@ class Transformer(nnx.Module):
         self.final_norm = _norm(cfg, rngs=rngs, dtype=dtype)
         self.head = (
             None if cfg.tied_embeddings
-            else nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype, rngs=rngs)
+            else nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=cfg.head_bias, dtype=dtype, rngs=rngs)
         )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -203,9 +302,11 @@ class Transformer(nnx.Module):
             # Constants of the step: stop_gradient keeps the scanned backward from summing
             # cotangents for them across layers (work the unrolled program never does).
             with scope("rope"):
-                rope = jax.lax.stop_gradient(rope_tables(t, cfg.resolved_head_dim, cfg.rope_theta))
+                rope = jax.lax.stop_gradient(rope_tables(t, cfg.rotary_dim, cfg.rope_theta))
 
-        if self.scan_layers:
+        if cfg.sliding_window is not None:
+            x = self._windowed_layers(x, rope)
+        elif self.scan_layers:
             @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry)
             def run(x, block, rope):
                 return block(x, rope)
@@ -218,4 +319,20 @@ class Transformer(nnx.Module):
         with scope("norms"):
             x = self.final_norm(x)
         with scope("logits"):
-            return self.embed.attend(x) if self.head is None else self.head(x)
+            logits = self.embed.attend(x) if self.head is None else self.head(x)
+            return logits if cfg.final_softcap is None else softcap(logits, cfg.final_softcap)
+
+    def _windowed_layers(self, x: jax.Array, rope) -> jax.Array:
+        """The layers with a per-layer attention window (``cfg.layer_windows()``; a global
+        layer's window is the sequence length). Scanned, the windows are a scanned int32 input."""
+        t = x.shape[1]
+        windows = [t if w is None else w for w in self.cfg.layer_windows()]
+        if self.scan_layers:
+            @nnx.scan(in_axes=(nnx.Carry, 0, None, 0), out_axes=nnx.Carry)
+            def run(x, block, rope, window):
+                return block(x, rope, window)
+
+            return run(x, self.layers, rope, jnp.asarray(windows, jnp.int32))
+        for block, window in zip(self.layers, windows):
+            x = block(x, rope, window)
+        return x

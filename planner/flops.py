@@ -172,7 +172,7 @@ def _norm_forward(cfg: TransformerConfig, tokens):
     """
     d = cfg.d_model
     if cfg.norm == "layernorm":
-        per_token = (7 if cfg.bias else 6) * d + 4
+        per_token = (7 if cfg.resolved_norm_bias else 6) * d + 4
     else:
         per_token = 4 * d + 1
     return tokens * per_token, tokens
@@ -182,12 +182,15 @@ def _norm_backward(cfg: TransformerConfig, tokens):
     """Backward of one norm, including its parameter-gradient reductions over the tokens."""
     d = cfg.d_model
     if cfg.norm == "layernorm":
-        return (13 * d + 13) * tokens - 2 * d if cfg.bias else (12 * d + 13) * tokens - d
+        return (13 * d + 13) * tokens - 2 * d if cfg.resolved_norm_bias else (12 * d + 13) * tokens - d
     return (9 * d + 3) * tokens - d
 
 
-_ACTIVATION_FORWARD = {"gelu": 8, "swiglu": 5, "geglu": 9}  # per hidden element, gate product included
-_ACTIVATION_BACKWARD = {"gelu": 14, "swiglu": 8, "geglu": 16}
+_ACTIVATION_FORWARD = {"gelu": 8, "swiglu": 5, "geglu": 9, "gelu_exact": 66, "relu2": 2}  # per hidden element, gate product included
+_ACTIVATION_BACKWARD = {"gelu": 14, "swiglu": 8, "geglu": 16, "gelu_exact": 10, "relu2": 4}
+#: Transcendentals per hidden element, forward: tanh (gelu, geglu), logistic (swiglu), the exp
+#: of jax's erf expansion (gelu_exact); squared ReLU has none.
+_ACTIVATION_TRANSCENDENTALS = {"gelu": 1, "swiglu": 1, "geglu": 1, "gelu_exact": 1, "relu2": 0}
 
 
 def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], Any]:
@@ -205,8 +208,8 @@ def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
     c["embedding"] = (tokens * d + 6 * tokens + (tokens * d if cfg.embed_scale else 0)
                       + (tokens * d if cfg.position == "learned" else 0))
     norm_flops, norm_trans = _norm_forward(cfg, tokens)
-    c["norms"] = (2 * n_layers + 1) * norm_flops
-    trans += (2 * n_layers + 1) * norm_trans
+    c["norms"] = (cfg.norms_per_layer * n_layers + 1) * norm_flops
+    trans += (cfg.norms_per_layer * n_layers + 1) * norm_trans
 
     qkv_bias = 1 if cfg.resolved_qkv_bias else 0
     bias = 1 if cfg.bias else 0
@@ -216,8 +219,9 @@ def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
     if cfg.position == "rope":
         # x1*cos - x2*sin and x2*cos + x1*sin on each half: 6 ops per pair = 3 per element,
         # on q and k, every layer; plus the cos/sin tables once per forward.
-        c["rope"] = 3 * n_layers * tokens * (h + kv) * hd + _rope_table_flops(t, hd)
-        trans += _rope_table_transcendentals(t, hd)
+        rot = cfg.rotary_dim  # = hd unless partial rotary
+        c["rope"] = 3 * n_layers * tokens * (h + kv) * rot + _rope_table_flops(t, rot)
+        trans += _rope_table_transcendentals(t, rot)
     # 1/sqrt(head_dim) scaling and the causal select on every score; the mask itself (iota
     # compare and tril select) on (t, t), built in every layer.
     c["attn_scores"] = n_layers * (2 * scores + 2 * t * t)
@@ -226,11 +230,12 @@ def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
     c["softmax"] = n_layers * (4 * scores - b * h * t)
     trans += n_layers * scores
     c["attn_out"] = n_layers * bias * tokens * d
-    c["mlp_in"] = n_layers * bias * tokens * ff
-    c["mlp_gate"] = n_layers * bias * tokens * ff if cfg.gated else 0
-    c["mlp_out"] = n_layers * bias * tokens * d
+    mlp_bias = 1 if cfg.resolved_mlp_bias else 0
+    c["mlp_in"] = n_layers * mlp_bias * tokens * ff
+    c["mlp_gate"] = n_layers * mlp_bias * tokens * ff if cfg.gated else 0
+    c["mlp_out"] = n_layers * mlp_bias * tokens * d
     c["activation"] = n_layers * _ACTIVATION_FORWARD[cfg.mlp] * tokens * ff
-    trans += n_layers * tokens * ff  # tanh (gelu, geglu) or logistic (swiglu)
+    trans += n_layers * _ACTIVATION_TRANSCENDENTALS[cfg.mlp] * tokens * ff
     c["residual"] = n_layers * 2 * tokens * d
     return c, trans
 
@@ -265,28 +270,102 @@ def _xla_backward_extra(cfg: TransformerConfig, b, t) -> dict[str, Any]:
     c["embedding"] = (tokens * d + (tokens * d if cfg.embed_scale else 0)
                       + (tokens * d - t * d if cfg.position == "learned" else 0)
                       + (vocab * d if cfg.tied_embeddings else 0))
-    c["norms"] = (2 * n_layers + 1) * _norm_backward(cfg, tokens)
+    c["norms"] = (cfg.norms_per_layer * n_layers + 1) * _norm_backward(cfg, tokens)
     c["q"] = n_layers * (bias_grad(h * hd) if qkv_bias else 0)
     # k and v each add their input gradient to q's (the normed x fans out three ways).
     c["k"] = n_layers * ((bias_grad(kv * hd) if qkv_bias else 0) + tokens * d)
     c["v"] = n_layers * ((bias_grad(kv * hd) if qkv_bias else 0) + tokens * d)
     if cfg.position == "rope":
         # the transposed rotation: 4.5 per element of q and k
-        c["rope"] = n_layers * 9 * tokens * (h + kv) * _half(hd)
+        c["rope"] = n_layers * 9 * tokens * (h + kv) * _half(cfg.rotary_dim)
     c["attn_scores"] = n_layers * 2 * scores  # through the causal select and the 1/sqrt(hd) scale
     c["softmax"] = n_layers * (6 * scores + 2 * b * h * t)
     c["attn_out"] = n_layers * (bias_grad(d) if bias else 0)
-    c["mlp_in"] = n_layers * (bias_grad(ff) if bias else 0)
+    mlp_bias = cfg.resolved_mlp_bias
+    c["mlp_in"] = n_layers * (bias_grad(ff) if mlp_bias else 0)
     if cfg.gated:
-        c["mlp_gate"] = n_layers * ((bias_grad(ff) if bias else 0) + tokens * d)
+        c["mlp_gate"] = n_layers * ((bias_grad(ff) if mlp_bias else 0) + tokens * d)
     c["activation"] = n_layers * _ACTIVATION_BACKWARD[cfg.mlp] * tokens * ff
-    c["mlp_out"] = n_layers * (bias_grad(d) if bias else 0)
+    c["mlp_out"] = n_layers * (bias_grad(d) if mlp_bias else 0)
     # x feeds both the norm and the residual add, twice per block: one add each for its gradient.
     c["residual"] = n_layers * 2 * tokens * d
     # optax.softmax_cross_entropy_with_integer_labels, then the mean: forward 3 per logit +
     # 13 per token + 6, backward 2 per logit + 8 per token.
     c["loss"] = 5 * tokens * vocab + 21 * tokens + 6
     return c
+
+
+def _norm_rows(cfg: TransformerConfig, tokens):
+    """The QK-norms of one layer as (rows, width) pairs: per head, each of the tokens x heads
+    rows of head_dim; full width, one row per token over the whole q or k projection."""
+    hd, h, kv = cfg.resolved_head_dim, cfg.n_heads, cfg.resolved_n_kv_heads
+    if cfg.qk_norm == "head":
+        return [(tokens * h, hd), (tokens * kv, hd)]
+    if cfg.qk_norm == "full":
+        return [(tokens, h * hd), (tokens, kv * hd)]
+    return []
+
+
+def layer_norm_elements(cfg: TransformerConfig, tokens):
+    """Elements one layer's norms normalise: its d_model norms on every token, and its QK-norms."""
+    return cfg.norms_per_layer * tokens * cfg.d_model + sum(n * w for n, w in _norm_rows(cfg, tokens))
+
+
+def _xla_arch_forward(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], Any]:
+    """The forward work of the architecture options (`TransformerConfig`'s second group of
+    fields) on top of `_xla_forward_extra`, as XLA counts it (measured on jax 0.10, float32,
+    checked by tests/test_architectures.py against XLA on shapes not used to read them off)."""
+    n_layers, d, vocab = cfg.n_layers, cfg.d_model, cfg.vocab_size
+    tokens = b * t
+    scores = b * cfg.n_heads * t * t
+    c = _zeros()
+    trans = 0
+    rows = _norm_rows(cfg, tokens)
+    for n, w in rows:  # QK-norms: the same per-row cost as a d_model norm, at their width
+        f, tr = _norm_forward(dataclasses.replace(cfg, d_model=w), n)
+        c["norms"] += n_layers * f
+        trans += n_layers * tr
+    if cfg.norm_offset:  # 1 + scale, once per norm (a vector, not per token)
+        n_norms = cfg.norms_per_layer * n_layers + 1
+        c["norms"] += n_norms * d + n_layers * sum(w for _, w in rows)
+    if cfg.attn_softcap is not None:  # divide, tanh, multiply on every score
+        c["attn_scores"] += n_layers * 2 * scores
+        trans += n_layers * scores
+    if cfg.sliding_window is not None:  # i - j and i - j < w beside the causal compare, then the and
+        c["attn_scores"] += n_layers * _WINDOW_MASK_FORWARD * t * t
+    if cfg.head_bias:
+        c["logits"] += tokens * vocab
+    if cfg.final_softcap is not None:
+        c["logits"] += 2 * tokens * vocab
+        trans += tokens * vocab
+    return c, trans
+
+
+_WINDOW_MASK_FORWARD = 2
+
+
+def _xla_arch_backward(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], Any]:
+    """The backward work of the architecture options, beside `_xla_backward_extra`."""
+    n_layers, d, vocab = cfg.n_layers, cfg.d_model, cfg.vocab_size
+    tokens = b * t
+    scores = b * cfg.n_heads * t * t
+    c = _zeros()
+    trans = 0
+    for n, w in _norm_rows(cfg, tokens):
+        c["norms"] += n_layers * _norm_backward(dataclasses.replace(cfg, d_model=w), n)
+    if cfg.position == "rope" and cfg.rotary_fraction != 1:
+        # partial rotary: the transposed slice and concatenate add 2 per passed-through element
+        hd = cfg.resolved_head_dim
+        c["rope"] += n_layers * 2 * tokens * (cfg.n_heads + cfg.resolved_n_kv_heads) * (hd - cfg.rotary_dim)
+    if cfg.mlp == "gelu_exact":  # the erf's derivative, exp(-x^2 / 2)
+        trans += n_layers * tokens * cfg.d_ff
+    if cfg.attn_softcap is not None:
+        c["attn_scores"] += n_layers * 6 * scores
+    if cfg.head_bias:
+        c["logits"] += tokens * vocab - vocab
+    if cfg.final_softcap is not None:
+        c["logits"] += 6 * tokens * vocab
+    return c, trans
 
 
 def xla_optimizer_flops(cfg: TransformerConfig) -> tuple[Any, Any]:
@@ -316,9 +395,15 @@ def _count_xla(cfg, batch_size, seq_len, mode, causal):
     if mode in ("forward", "train"):
         parts.append(fwd_extra)
         trans += fwd_trans
+        arch, arch_trans = _xla_arch_forward(cfg, batch_size, seq_len)
+        parts.append(arch)
+        trans += arch_trans
     if mode in ("backward", "train"):
         parts.append(_xla_backward_extra(cfg, batch_size, seq_len))
         trans += tokens * cfg.vocab_size + tokens  # the loss's exp and log
+        arch, arch_trans = _xla_arch_backward(cfg, batch_size, seq_len)
+        parts.append(arch)
+        trans += arch_trans
     if mode == "train":
         opt_flops, opt_trans = xla_optimizer_flops(cfg)
         parts.append({"optimizer": opt_flops})

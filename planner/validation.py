@@ -18,7 +18,9 @@ from flax import nnx
 
 from models.config import TransformerConfig
 from models.train import abstract_model, adamw, train_step
-from planner.flops import FLOP_COMPONENTS, MATMUL_COMPONENTS, xla_optimizer_flops, count_flops
+from planner.flops import (
+    FLOP_COMPONENTS, MATMUL_COMPONENTS, count_flops, layer_norm_elements, xla_optimizer_flops,
+)
 from planner.hlo import Cost, HloSummary, cost_of, parse_hlo
 
 VALIDATE_MODES = ("forward", "train")
@@ -159,8 +161,8 @@ def _scan_adjusted(cfg: TransformerConfig, batch_size: int, seq_len: int, mode: 
         one_opt, one_opt_t = xla_optimizer_flops(one)
         comps["optimizer"] += full_opt - one_opt
         trans += full_opt_t - one_opt_t
-        if cfg.norm == "rmsnorm":
-            comps["norms"] += 2 * batch_size * seq_len * cfg.d_model
+        if cfg.norm == "rmsnorm":  # 2 x tokens x d_model for the two norms of a Llama block
+            comps["norms"] += layer_norm_elements(cfg, batch_size * seq_len)
     loops = 2 if mode == "forward" else 6
     dots = count_flops(one, batch_size=batch_size, seq_len=seq_len, mode=mode, convention="fma")
     return comps, trans, dots.components, loops
@@ -210,7 +212,7 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
             f"every layer counted, the program does {float(full.total):.4g} FLOPs"
         )
         notes.append(f"the loop counters add {loop_flops} FLOPs"
-                     + ("; the scanned RMSNorm's backward recomputes 2 x tokens x d_model"
+                     + ("; the scanned RMSNorm's backward recomputes each normalised element once"
                         if mode == "train" and cfg.norm == "rmsnorm" else ""))
     else:
         comps, trans, dot_comps = dict(full.components), full.transcendentals, dict(full_dots.components)

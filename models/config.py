@@ -321,6 +321,26 @@ class TransformerConfig:
             return self.n_layers * (1 - 1 / self.global_every)
         return self.n_layers - self.n_layers // self.global_every
 
+    @classmethod
+    def from_hf(cls, source: Any) -> TransformerConfig:
+        """The config of a Hugging Face ``config.json`` (a path, or the dict already loaded),
+        mapped family by family (`models.hf.read_hf`, which also says which fields it ignored).
+
+        Raises:
+          ValueError: unreadable or malformed JSON, an unknown family, a missing required
+            field, or a shape-changing field that is not understood (each named).
+        """
+        from models.hf import read_hf
+
+        return read_hf(source).config
+
+    def to_hf(self, family: str | None = None) -> dict:
+        """A ``config.json`` dict that `from_hf` reads back to this exact config
+        (`models.hf.to_hf`); ValueError when no family (or not ``family``) can state it."""
+        from models.hf import to_hf
+
+        return to_hf(self, family)
+
     def replace(self, **changes: Any) -> TransformerConfig:
         """A copy with some fields changed (validated again). Unknown field: ValueError."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})

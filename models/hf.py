@@ -164,10 +164,8 @@ def _common_llama(r: _Reader, *, tied_default: bool, gated: bool = True, act_key
     kv = r.get("num_key_value_heads", None)
     r.set("n_kv_heads", None if kv is None or kv == r.fields["n_heads"] else _int("num_key_value_heads")(kv),
           "num_key_value_heads")
-    hd = r.get("head_dim", None)
-    default_hd = r.fields["d_model"] // r.fields["n_heads"]
-    r.set("head_dim", None if hd is None or (hd == default_hd and r.fields["d_model"] % r.fields["n_heads"] == 0)
-          else _int("head_dim")(hd), "head_dim")
+    hd = r.get("head_dim", None)  # kept as given (None: hidden_size // num_attention_heads)
+    r.set("head_dim", None if hd is None else _int("head_dim")(hd), "head_dim")
     r.take("tied_embeddings", "tie_word_embeddings", tied_default, conv=bool)
     r.take("norm_eps", eps_key, 1e-6, conv=float)
     r.take("rope_theta", "rope_theta", 10000.0, conv=float)
@@ -536,11 +534,11 @@ _WRITERS: dict[str, Callable[[TransformerConfig], dict]] = {
     "mistral": lambda c: _llama_like(c, "mistral", sliding_window=c.sliding_window),
     "qwen2": lambda c: _llama_like(c, "qwen2"),
     "qwen3": lambda c: _llama_like(c, "qwen3", attention_bias=c.bias),
-    "gemma": lambda c: _llama_like(c, "gemma", hidden_act="gelu_pytorch_tanh", attention_bias=c.bias),
-    "gemma2": lambda c: _llama_like(c, "gemma2", hidden_act="gelu_pytorch_tanh", attention_bias=c.bias,
+    "gemma": lambda c: _llama_like(c, "gemma", hidden_activation="gelu_pytorch_tanh", attention_bias=c.bias),
+    "gemma2": lambda c: _llama_like(c, "gemma2", hidden_activation="gelu_pytorch_tanh", attention_bias=c.bias,
                                     attn_logit_softcapping=c.attn_softcap,
                                     final_logit_softcapping=c.final_softcap, sliding_window=c.sliding_window),
-    "gemma3_text": lambda c: _llama_like(c, "gemma3_text", hidden_act="gelu_pytorch_tanh", attention_bias=c.bias,
+    "gemma3_text": lambda c: _llama_like(c, "gemma3_text", hidden_activation="gelu_pytorch_tanh", attention_bias=c.bias,
                                          attn_logit_softcapping=c.attn_softcap,
                                          final_logit_softcapping=c.final_softcap,
                                          sliding_window=c.sliding_window,
@@ -566,6 +564,8 @@ _WRITERS: dict[str, Callable[[TransformerConfig], dict]] = {
 def _clean(d: dict) -> dict:
     if d["model_type"] in ("starcoder2", "nemotron"):
         d.pop("rms_norm_eps", None)
+    if d["model_type"].startswith("gemma"):
+        d.pop("hidden_act", None)  # modeling_gemma reads hidden_activation
     return d
 
 

@@ -535,7 +535,7 @@ COMPONENT_CONVENTIONS = ("fma", "no_fma", "xla")
 
 
 def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str = "forward",
-                convention: str = "xla", causal: bool = False) -> FlopCount:
+                convention: str = "xla", causal: bool = False, block_skip: int | None = None) -> FlopCount:
     """FLOPs of one forward, backward or training step of ``models.Transformer(cfg)``.
 
     Args:
@@ -547,6 +547,11 @@ def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str
       causal: halve the attention-score and attention-value matmuls (the MFU convention of
         MaxText and Megatron); only for "fma", "no_fma" and "xla", which otherwise count them
         in full, as XLA does.
+      block_skip: None (attention counted over the full s x s scores, what the materialised
+        program executes and XLA counts), or a tile size k: the attention matmuls a
+        block-skipping kernel executes, every k x k tile of the scores holding at least one
+        visible (causal, in-window) key, and no other (`attention_tiles`); k = 1 is the exact
+        visible band. "fma" convention only, integer sizes, not with ``causal``.
 
     Returns:
       A `FlopCount`. For "fma", "no_fma" and "xla" the components are `FLOP_COMPONENTS`; for a
@@ -580,8 +585,48 @@ def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str
         )
     cfg, batch_size, seq_len = promote(cfg, batch_size, seq_len)
     comps, trans = CONVENTIONS[convention](cfg, batch_size, seq_len, mode, causal)
+    if block_skip is not None:
+        comps = _block_skipped(cfg, seq_len, comps, block_skip, convention, causal)
     return FlopCount(total=sum(comps.values()), components=comps, transcendentals=trans,
                      convention=convention, mode=mode)
+
+
+def attention_tiles(t: int, block: int, window: int | None = None) -> int:
+    """Score elements a block-skipping kernel computes for one (sequence, head, layer): the
+    k x k tiles (k = ``block``; the last partial tile counted whole) that hold at least one key
+    j <= i with i - j < window (window None: the causal prefix). Tile (qi, kj) at offset
+    d = qi - kj >= 0 is visible iff d == 0 or its nearest pair, d k - (k - 1) apart, is inside
+    the window: d <= (window + k - 2) // k. With n = ceil(t / k) tiles per side and D the largest
+    visible offset, (D + 1) n - D (D + 1) / 2 tiles (FlashAttention-2's causal tile skipping, Dao
+    2023, §3.1; Mistral's banded window, Jiang et al. 2023).
+
+    >>> attention_tiles(8, 1), attention_tiles(8, 1, window=3)  # 8*9/2, 1+2+3*6
+    (36, 21)
+    """
+    for name, v in (("t", t), ("block", block)):
+        check_size(name, v)
+    n = -(-t // block)
+    d = n - 1 if window is None else min(n - 1, (window + block - 2) // block)
+    return block * block * ((d + 1) * n - d * (d + 1) // 2)
+
+
+def _block_skipped(cfg: TransformerConfig, t, comps: dict, block, convention: str, causal: bool) -> dict:
+    """The attention matmuls scaled from the full t x t scores to the tiles a kernel executes."""
+    if convention != "fma":
+        raise ValueError(f"block_skip={block!r}: counts what a kernel executes under the 'fma' "
+                         f"convention only; got convention={convention!r}")
+    if causal:
+        raise ValueError("block_skip already skips the masked tiles; drop causal=True")
+    if cfg.relaxed or not isinstance(t, int):
+        raise ValueError("block_skip needs integer sizes (a tile count is not continuous)")
+    check_size("block_skip", block)
+    executed = sum(attention_tiles(t, block, w) for w in cfg.layer_windows())
+    full = cfg.n_layers * t * t
+    out = dict(comps)
+    for name in ("attn_scores", "attn_values"):
+        x = comps[name] * executed
+        out[name] = x // full if x % full == 0 else Fraction(x, full)
+    return out
 
 
 # ----------------------------------------------------------------------------- many shapes at once

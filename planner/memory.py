@@ -59,7 +59,22 @@ def activation_bytes_per_layer(cfg: TransformerConfig, batch_size, seq_len, *, d
     h, kv = cfg.n_heads, cfg.resolved_n_kv_heads
     per_token = 4 * d + (h + 2 * kv) * hd + h * hd + (3 if cfg.gated else 2) * ff
     scores = 3 * b * h * t * t
+    per_token, scores = _architecture_activations(cfg, per_token, scores, b * h * t * t)
     return (tokens * per_token + scores) * nbytes
+
+
+def _architecture_activations(cfg: TransformerConfig, per_token, scores, score_elements):
+    """What the architecture options add to (or take from) a layer's saved activations, by the
+    same bookkeeping (not measured against XLA): each extra d_model norm keeps its input and
+    output (2 d per token; a shared norm saves that), QK-norm its normed q and k, the score
+    soft-cap its tanh (one more score-sized buffer)."""
+    d, hd = cfg.d_model, cfg.resolved_head_dim
+    per_token = per_token + 2 * d * (cfg.norms_per_layer - 2)
+    if cfg.qk_norm is not None:
+        per_token = per_token + (cfg.n_heads + cfg.resolved_n_kv_heads) * hd
+    if cfg.attn_softcap is not None:
+        scores = scores + score_elements
+    return per_token, scores
 
 
 def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips=1, dtype: str = "fp32",
@@ -114,7 +129,18 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
 
 
 def kv_cache_bytes(cfg: TransformerConfig, *, batch_size=1, seq_len=None, dtype: str = "bf16"):
-    """Inference KV cache: keys and values of every layer, 2 L K hd per token (GQA-aware)."""
+    """Inference KV cache: keys and values of every layer, 2 L K hd per token (GQA-aware). A
+    windowed layer (``cfg.sliding_window``) keeps only its last ``sliding_window`` tokens
+    (Mistral's rolling buffer cache, Jiang et al. 2023, §2)."""
     seq_len = cfg.seq_len if seq_len is None else seq_len
+    if cfg.sliding_window is not None:
+        import jax.numpy as jnp
+
+        kept = (min(seq_len, cfg.sliding_window) if isinstance(seq_len, int)
+                else jnp.minimum(seq_len, cfg.sliding_window))
+        windowed = cfg.n_windowed_layers
+        layer_tokens = (cfg.n_layers - windowed) * seq_len + windowed * kept
+        return (2 * cfg.resolved_n_kv_heads * cfg.resolved_head_dim * batch_size * layer_tokens
+                * _dtype_bytes("dtype", dtype))
     return (2 * cfg.n_layers * cfg.resolved_n_kv_heads * cfg.resolved_head_dim * batch_size * seq_len
             * _dtype_bytes("dtype", dtype))

@@ -161,7 +161,7 @@ _count_no_fma.__doc__ = "Every matmul as m*p*(2n-1) (separate multiply and add);
 
 
 # ----------------------------------------------------------------------------- the "xla" convention
-def _norm_forward(cfg: TransformerConfig, tokens):
+def _norm_forward(cfg: TransformerConfig, tokens, width=None):
     """One norm over (tokens, d_model) as XLA counts it; returns (flops, transcendentals).
 
     flax LayerNorm (use_fast_variance): mean and mean of squares (two reductions of d - 1 adds
@@ -169,8 +169,9 @@ def _norm_forward(cfg: TransformerConfig, tokens):
     transcendental), x - mean, scale * rsqrt, the product, and + bias: 6 d + 4 per token,
     7 d + 4 with the bias. RMSNorm: square, one reduction, divide, + eps, rsqrt, two products:
     4 d + 1 per token. Measured on jax 0.10 (tests/test_flops.py checks them against XLA).
+    ``width`` (default d_model) is the normalised axis, e.g. head_dim for a QK-norm.
     """
-    d = cfg.d_model
+    d = cfg.d_model if width is None else width
     if cfg.norm == "layernorm":
         per_token = (7 if cfg.resolved_norm_bias else 6) * d + 4
     else:
@@ -178,9 +179,9 @@ def _norm_forward(cfg: TransformerConfig, tokens):
     return tokens * per_token, tokens
 
 
-def _norm_backward(cfg: TransformerConfig, tokens):
+def _norm_backward(cfg: TransformerConfig, tokens, width=None):
     """Backward of one norm, including its parameter-gradient reductions over the tokens."""
-    d = cfg.d_model
+    d = cfg.d_model if width is None else width
     if cfg.norm == "layernorm":
         return (13 * d + 13) * tokens - 2 * d if cfg.resolved_norm_bias else (12 * d + 13) * tokens - d
     return (9 * d + 3) * tokens - d
@@ -322,7 +323,7 @@ def _xla_arch_forward(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], Any
     trans = 0
     rows = _norm_rows(cfg, tokens)
     for n, w in rows:  # QK-norms: the same per-row cost as a d_model norm, at their width
-        f, tr = _norm_forward(dataclasses.replace(cfg, d_model=w), n)
+        f, tr = _norm_forward(cfg, n, w)
         c["norms"] += n_layers * f
         trans += n_layers * tr
     if cfg.norm_offset:  # 1 + scale, once per norm (a vector, not per token)
@@ -352,11 +353,11 @@ def _xla_arch_backward(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
     c = _zeros()
     trans = 0
     for n, w in _norm_rows(cfg, tokens):
-        c["norms"] += n_layers * _norm_backward(dataclasses.replace(cfg, d_model=w), n)
+        c["norms"] += n_layers * _norm_backward(cfg, n, w)
     if cfg.position == "rope" and cfg.rotary_fraction != 1:
-        # partial rotary: the transposed slice and concatenate add 2 per passed-through element
-        hd = cfg.resolved_head_dim
-        c["rope"] += n_layers * 2 * tokens * (cfg.n_heads + cfg.resolved_n_kv_heads) * (hd - cfg.rotary_dim)
+        # partial rotary: the transposed slice and concatenate add the two zero-padded halves
+        # of the cotangent, one add per element of q and k
+        c["rope"] += n_layers * tokens * (cfg.n_heads + cfg.resolved_n_kv_heads) * cfg.resolved_head_dim
     if cfg.mlp == "gelu_exact":  # the erf's derivative, exp(-x^2 / 2)
         trans += n_layers * tokens * cfg.d_ff
     if cfg.attn_softcap is not None:

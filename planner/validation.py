@@ -285,3 +285,31 @@ def default_grid() -> list[tuple[str, TransformerConfig, int, int]]:
                     grid.append((label, cfg, 1 + i % 2, 8 + 4 * (i % 3)))
                     i += 1
     return grid
+
+
+def architecture_grid() -> list[tuple[str, TransformerConfig, int, int]]:
+    """Small configs shaped like each public family (models.hf), every architecture option in
+    at least one: (label, config, batch_size, seq_len). Windows are shorter than the sequence."""
+    base = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, d_ff=72, seq_len=16, position="rope")
+    rms = dict(norm="rmsnorm", bias=False)
+    grid = [
+        ("gptj", dict(bias=False, norm_bias=True, mlp_bias=True, head_bias=True, tied_embeddings=False,
+                      parallel_residual=True, shared_norm=True, rotary_fraction=0.5)),
+        ("neox", dict(parallel_residual=True, rotary_fraction=0.25, mlp="gelu_exact", d_model=64)),
+        ("gemma2", dict(rms, mlp="geglu", n_kv_heads=2, head_dim=12, embed_scale=True,
+                        norm_placement="sandwich", norm_offset=True, attn_softcap=5.0, final_softcap=3.0,
+                        sliding_window=4, global_every=2)),
+        ("gemma3", dict(rms, mlp="geglu", n_layers=3, n_kv_heads=1, head_dim=16, embed_scale=True,
+                        norm_placement="sandwich", norm_offset=True, qk_norm="head", sliding_window=3,
+                        global_every=3)),
+        ("olmo2", dict(rms, mlp="swiglu", n_kv_heads=2, tied_embeddings=False, norm_placement="post",
+                       qk_norm="full")),
+        ("falcon", dict(bias=False, norm_bias=True, n_kv_heads=1, mlp="gelu_exact", parallel_residual=True,
+                        shared_norm=True)),
+        ("nemotron", dict(bias=False, norm_offset=True, norm_bias=True, mlp="relu2", rotary_fraction=0.5,
+                          n_kv_heads=2, tied_embeddings=False)),
+        ("mistral", dict(rms, mlp="swiglu", n_kv_heads=2, sliding_window=5, tied_embeddings=False)),
+        ("starcoder2", dict(n_kv_heads=2, sliding_window=6, mlp="gelu")),
+        ("qwen3", dict(rms, mlp="swiglu", n_kv_heads=2, head_dim=16, qk_norm="head")),
+    ]
+    return [(label, TransformerConfig(**(base | kw)), 1 + i % 2, 8 + 4 * (i % 2)) for i, (label, kw) in enumerate(grid)]

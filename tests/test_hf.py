@@ -165,3 +165,59 @@ def test_every_family_maps_its_own_writer():
         cfg = TransformerConfig.from_hf(DATA / f"{name}.json")
         fam = read_hf(DATA / f"{name}.json").family
         assert read_hf(to_hf(cfg, fam)).config == cfg, name
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_count_hf_shows_family_mapping_and_ignored(cli):
+    code, out, err = cli("count", "--hf", str(DATA / "olmo-2-1124-7b.json"))
+    assert code == 0 and not err
+    assert "(olmo2): 7.30 B parameters (7,298,617,344)" in out
+    assert "recognised family: olmo2" in out and "norm_placement=post qk_norm=full" in out
+    assert "rms_norm_eps" in out and "ignored (" in out and "pad_token_id" in out
+    code, out, _ = cli("count", "--hf", str(DATA / "gemma-2-2b.json"), "--json", "--set", "n_layers=2")
+    data = json.loads(out)
+    assert code == 0 and data["hf"]["family"] == "gemma2" and data["config"]["n_layers"] == 2
+    assert "query_pre_attn_scalar" in data["hf"]["ignored"]
+    assert data["hf"]["mapped"]["final_softcap"] == "final_logit_softcapping"
+
+
+def test_cli_block_skip_beside_the_materialised_count(cli):
+    code, out, _ = cli("count", "--hf", str(DATA / "mistral-7b-v0.1.json"), "--seq", "16384", "--block-skip", "128")
+    assert code == 0 and "window 4096 on 32 of 32 layers" in out
+    assert "materialised s x s (what XLA counts)" in out and "128 x 128 tiles" in out
+    assert "exact visible band" in out
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ('{"model_type": "bert"}', "model_type='bert': unknown family"),
+    ('{"model_type": "llama",', "is not valid JSON"),
+    ('{"model_type": "llama", "vocab_size": 10}', "required field 'hidden_size' is missing"),
+])
+def test_cli_bad_hf_files(cli, tmp_path, content, needle):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    for cmd in (["count"], ["validate"], ["time", "--hardware", "h100"]):
+        code, out, err = cli(*cmd, "--hf", str(path))
+        assert code == 2 and not out and err.startswith("error: ") and err.count("\n") == 1 and needle in err
+    code, _, err = cli("count", "--hf", str(DATA / "gpt2.json"), "--preset", "gpt2")
+    assert code == 2 and "not both" in err
+
+
+def test_cli_validate_and_plan_from_hf(cli, tmp_path):
+    data = json.loads((DATA / "qwen3-0.6b.json").read_text()) | {"num_hidden_layers": 1, "vocab_size": 256}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    code, out, _ = cli("validate", "--hf", str(path), "--seq", "16")
+    assert code == 0 and "verdict: OK" in out and "(qwen3)" in out
+    code, out, _ = cli("plan", "--budget", "1e20", "--base-hf", str(DATA / "llama-3.2-1b.json"), "--json")
+    plan = json.loads(out)
+    assert code == 0 and plan["config"]["vocab_size"] == 128256 and plan["config"]["tied_embeddings"]
+
+
+def test_cli_arch_grid(cli, monkeypatch):
+    from planner import validation as vmod
+
+    one = vmod.architecture_grid()[:1]
+    monkeypatch.setattr(vmod, "architecture_grid", lambda: one)
+    code, out, _ = cli("validate", "--arch-grid", "--mode", "forward")
+    assert code == 0 and "gptj" in out and "0 outside tolerance" in out

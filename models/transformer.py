@@ -6,7 +6,10 @@ Pre-norm blocks (GPT-2, Llama, Mistral, Qwen and Gemma all are):
     for each layer:  x = x + attention(norm(x));  x = x + mlp(norm(x))
     logits = head(norm(x))        # head = embed.attend when tied
 
-The output head never has a bias (none of the public models has one). Layers are a Python list,
+The block can instead be sandwich-normed (Gemma 2/3), post-normed (OLMo 2) or parallel
+(GPT-J, GPT-NeoX, Falcon); QK-norm, partial rotary, sliding windows, soft-capping and the
+(1 + scale) norms are the config's architecture options (`models.config`). The output head has
+a bias only with ``head_bias`` (GPT-J). Layers are a Python list,
 or with ``scan_layers=True`` one stacked block run under ``nnx.scan`` (one compiled body).
 """
 

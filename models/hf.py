@@ -361,7 +361,7 @@ def _map_falcon(r: _Reader) -> None:
         kv = r.get(("num_kv_heads", "n_head_kv"), h)
         r.set("n_kv_heads", None if kv == h else kv, "num_kv_heads (new_decoder_architecture)")
         r.get("multi_query", None)
-        two_norms = r.get("num_ln_in_parallel_attn", 2) == 2
+        two_norms = r.get("num_ln_in_parallel_attn", None) in (None, 2)  # None: 2 (FalconConfig)
         r.set("parallel_residual", True, "new_decoder_architecture (parallel block)")
         r.set("shared_norm", not two_norms, "num_ln_in_parallel_attn (ln_attn, ln_mlp)")
     else:

@@ -17,9 +17,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-MLP_KINDS = ("gelu", "swiglu", "geglu")
+MLP_KINDS = ("gelu", "swiglu", "geglu", "gelu_exact", "relu2")
+#: The MLPs with a gate (three matrices).
+GATED_MLPS = ("swiglu", "geglu")
 NORM_KINDS = ("layernorm", "rmsnorm")
 POSITION_KINDS = ("learned", "rope")
+NORM_PLACEMENTS = ("pre", "sandwich", "post")
+QK_NORMS = ("head", "full")
 
 #: The size fields, in declaration order; each is a positive integer (or a relaxed array).
 SIZE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "seq_len")
@@ -75,6 +79,11 @@ def _check_bool(name: str, value: Any, *, optional: bool = False) -> None:
         raise ValueError(f"{name}={value!r}: must be {rule}")
 
 
+def _check_optional_positive_float(name: str, value: Any) -> None:
+    if value is not None:
+        _check_positive_float(name, value)
+
+
 def _check_positive_float(name: str, value: Any) -> None:
     try:
         finite = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
@@ -108,6 +117,28 @@ class TransformerConfig:
       rope_theta: RoPE base frequency.
       norm_eps: epsilon of the norms.
 
+    Architecture options (each default keeps the plain pre-norm block above):
+      norm_placement: "pre" (``x + f(norm(x))``), "sandwich" (``x + norm(f(norm(x)))``, Gemma 2
+        and 3) or "post" (``x + norm(f(x))``, OLMo 2: the norm moves after each sublayer).
+      norm_offset: the norms multiply by (1 + scale), scale stored zero-centred (Gemma's
+        RMSNorm, Nemotron's LayerNorm1P). Same parameters, one more add per norm.
+      norm_bias: None = follow ``bias``; LayerNorm's shift on or off on its own (Falcon and
+        Nemotron have LayerNorm biases but bias-free projections).
+      mlp_bias: None = follow ``bias``; biases of the MLP projections on their own (GPT-J).
+      head_bias: a bias on the (untied) output head (GPT-J).
+      qk_norm: None, "head" (a norm over head_dim shared by the heads, on q and k: Qwen3,
+        Gemma 3) or "full" (a norm over the whole q and k projections: OLMo 2).
+      parallel_residual: ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-J, GPT-NeoX, Falcon).
+      shared_norm: with parallel_residual, one norm feeds both branches (GPT-J, Falcon-7B).
+      rotary_fraction: the share of each head's dims that RoPE rotates (GPT-NeoX
+        ``rotary_pct``); ``int(head_dim * rotary_fraction)`` dims, which must be even.
+      sliding_window: None, or the number of keys each query sees (itself included) on the
+        windowed layers (Mistral, Gemma 2 and 3).
+      global_every: with sliding_window, layers i with (i + 1) % global_every == 0 attend to
+        the whole sequence (Gemma 2: 2, Gemma 3: 6); None = every layer windowed.
+      attn_softcap: None, or c: scores -> c * tanh(scores / c) before the mask (Gemma 2).
+      final_softcap: None, or c: logits -> c * tanh(logits / c) (Gemma 2).
+
     Example:
       >>> cfg = TransformerConfig(vocab_size=97, d_model=48, n_layers=2, n_heads=4, d_ff=96, seq_len=16)
       >>> cfg.resolved_head_dim, cfg.resolved_n_kv_heads
@@ -131,6 +162,19 @@ class TransformerConfig:
     embed_scale: bool = False
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    norm_placement: Literal["pre", "sandwich", "post"] = "pre"
+    norm_offset: bool = False
+    norm_bias: bool | None = None
+    mlp_bias: bool | None = None
+    head_bias: bool = False
+    qk_norm: Literal["head", "full"] | None = None
+    parallel_residual: bool = False
+    shared_norm: bool = False
+    rotary_fraction: float = 1.0
+    sliding_window: int | None = None
+    global_every: int | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
 
     def __post_init__(self) -> None:
         for name in SIZE_FIELDS:
@@ -145,6 +189,7 @@ class TransformerConfig:
         _check_bool("qkv_bias", self.qkv_bias, optional=True)
         _check_positive_float("rope_theta", self.rope_theta)
         _check_positive_float("norm_eps", self.norm_eps)
+        self._check_architecture()
 
         if self.relaxed:
             return  # divisibility has no meaning for a continuous shape
@@ -158,11 +203,52 @@ class TransformerConfig:
                 f"d_model={self.d_model}: must be divisible by n_heads={self.n_heads} "
                 "when head_dim is None; or set head_dim explicitly"
             )
-        if self.position == "rope" and self.resolved_head_dim % 2 != 0:
+        if self.position == "rope" and self.rotary_fraction != 1:
+            rot = self.rotary_dim
+            if rot == 0 or rot % 2:
+                raise ValueError(f"rotary_fraction={self.rotary_fraction}: rotates "
+                                 f"int({self.resolved_head_dim} * {self.rotary_fraction}) = {rot} dims; "
+                                 "need a positive even number (RoPE rotates pairs)")
+        elif self.position == "rope" and self.resolved_head_dim % 2 != 0:
             raise ValueError(
                 f"head_dim={self.resolved_head_dim}: must be even with position='rope' "
                 "(RoPE rotates pairs of dimensions)"
             )
+
+    def _check_architecture(self) -> None:
+        """The architecture options: types, and the combinations that mean something."""
+        _check_choice("norm_placement", self.norm_placement, NORM_PLACEMENTS)
+        if self.qk_norm is not None:
+            _check_choice("qk_norm", self.qk_norm, QK_NORMS)
+        for name in ("norm_offset", "head_bias", "parallel_residual", "shared_norm"):
+            _check_bool(name, getattr(self, name))
+        for name in ("norm_bias", "mlp_bias"):
+            _check_bool(name, getattr(self, name), optional=True)
+        for name in ("sliding_window", "global_every"):
+            value = getattr(self, name)
+            if value is not None and not is_relaxed(value):
+                check_size(name, value, optional=True)
+            elif value is not None:
+                raise ValueError(f"{name}={value!r}: must be a positive Python int or None (not relaxed)")
+        for name in ("attn_softcap", "final_softcap"):
+            _check_optional_positive_float(name, getattr(self, name))
+        f = self.rotary_fraction
+        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f <= 1:
+            raise ValueError(f"rotary_fraction={f!r}: must be a number in (0, 1] (1 = rotate every dim)")
+        if self.shared_norm and not self.parallel_residual:
+            raise ValueError("shared_norm=True: only with parallel_residual=True (one norm feeding "
+                             "both parallel branches); set parallel_residual=True or drop shared_norm")
+        if self.parallel_residual and self.norm_placement != "pre":
+            raise ValueError(f"parallel_residual=True with norm_placement={self.norm_placement!r}: "
+                             "the parallel block is pre-norm; use norm_placement='pre'")
+        if self.global_every is not None and self.sliding_window is None:
+            raise ValueError(f"global_every={self.global_every}: only with a sliding_window "
+                             "(it says which layers are not windowed); set sliding_window or drop it")
+        if self.head_bias and self.tied_embeddings:
+            raise ValueError("head_bias=True: the tied head is the embedding table and has no bias; "
+                             "set tied_embeddings=False or head_bias=False")
+        if self.rotary_fraction != 1 and self.position != "rope":
+            raise ValueError(f"rotary_fraction={self.rotary_fraction}: only with position='rope'")
 
     # ----------------------------------------------------------------- derived values
     @property
@@ -189,7 +275,71 @@ class TransformerConfig:
     @property
     def gated(self) -> bool:
         """True for the gated MLPs (swiglu, geglu): three matrices instead of two."""
-        return self.mlp != "gelu"
+        return self.mlp in GATED_MLPS
+
+    @property
+    def resolved_norm_bias(self) -> bool:
+        """Whether LayerNorm has its shift (RMSNorm never has one)."""
+        return self.bias if self.norm_bias is None else self.norm_bias
+
+    @property
+    def resolved_mlp_bias(self) -> bool:
+        return self.bias if self.mlp_bias is None else self.mlp_bias
+
+    @property
+    def rotary_dim(self):
+        """Dims of each head that RoPE rotates: int(head_dim * rotary_fraction), as GPT-NeoX."""
+        hd = self.resolved_head_dim
+        if self.rotary_fraction == 1:
+            return hd
+        if self.relaxed:
+            return hd * self.rotary_fraction
+        return int(hd * self.rotary_fraction)
+
+    @property
+    def norms_per_layer(self) -> int:
+        """Norms over d_model in one block: 2 (pre, post, parallel), 4 (sandwich), 1 (shared)."""
+        if self.norm_placement == "sandwich":
+            return 4
+        return 1 if self.shared_norm else 2
+
+    def layer_windows(self) -> tuple[int | None, ...]:
+        """Per layer, the sliding window (None: the layer attends to the whole causal prefix)."""
+        w, k = self.sliding_window, self.global_every
+        if w is None:
+            return (None,) * self.n_layers
+        return tuple(None if k is not None and (i + 1) % k == 0 else w for i in range(self.n_layers))
+
+    @property
+    def n_windowed_layers(self):
+        """How many layers are windowed (a float for a relaxed n_layers)."""
+        if self.sliding_window is None:
+            return 0
+        if self.global_every is None:
+            return self.n_layers
+        if is_relaxed(self.n_layers):
+            return self.n_layers * (1 - 1 / self.global_every)
+        return self.n_layers - self.n_layers // self.global_every
+
+    @classmethod
+    def from_hf(cls, source: Any) -> TransformerConfig:
+        """The config of a Hugging Face ``config.json`` (a path, or the dict already loaded),
+        mapped family by family (`models.hf.read_hf`, which also says which fields it ignored).
+
+        Raises:
+          ValueError: unreadable or malformed JSON, an unknown family, a missing required
+            field, or a shape-changing field that is not understood (each named).
+        """
+        from models.hf import read_hf
+
+        return read_hf(source).config
+
+    def to_hf(self, family: str | None = None) -> dict:
+        """A ``config.json`` dict that `from_hf` reads back to this exact config
+        (`models.hf.to_hf`); ValueError when no family (or not ``family``) can state it."""
+        from models.hf import to_hf
+
+        return to_hf(self, family)
 
     def replace(self, **changes: Any) -> TransformerConfig:
         """A copy with some fields changed (validated again). Unknown field: ValueError."""

@@ -100,6 +100,90 @@ _PRESETS: dict[str, Preset] = {
         2_506_172_416,
         _HF_COUNT.format("google/gemma-2b"),
     ),
+    # One per Hugging Face family (models.hf), each equal to TransformerConfig.from_hf of the
+    # checkpoint's config.json (tests/data/hf/, which also gives the source of each count).
+    "pythia-160m": Preset(
+        # GPT-NeoX (Black et al. 2022): parallel attention + MLP with two LayerNorms, a quarter
+        # of each head rotated, erf GELU, biases everywhere, untied head.
+        TransformerConfig(vocab_size=50304, d_model=768, n_layers=12, n_heads=12, d_ff=3072, seq_len=2048,
+                          tied_embeddings=False, mlp="gelu_exact", position="rope", parallel_residual=True,
+                          rotary_fraction=0.25),
+        _HF.format("EleutherAI/pythia-160m"), 162_322_944,
+        "Biderman et al. 2023 (Pythia), Table 1: 85,056,000 non-embedding + 2 x 50,304 x 768",
+    ),
+    "gpt-j-6b": Preset(
+        # GPT-J (Wang & Komatsuzaki 2021): one LayerNorm feeding parallel attention and MLP,
+        # rotary on 64 of 256 dims, no attention biases, MLP and head biases, untied.
+        TransformerConfig(vocab_size=50400, d_model=4096, n_layers=28, n_heads=16, d_ff=16384, seq_len=2048,
+                          tied_embeddings=False, position="rope", bias=False, norm_bias=True, mlp_bias=True,
+                          head_bias=True, parallel_residual=True, shared_norm=True, rotary_fraction=0.25),
+        _HF.format("EleutherAI/gpt-j-6b"), 6_050_882_784,
+        "GPTJForCausalLM parameter count (the model card's 6,053,381,344 counts the original JAX model)",
+    ),
+    "llama-3.2-1b": Preset(
+        _llama(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64, d_ff=8192,
+               seq_len=131072, tied_embeddings=True, rope_theta=500000.0),
+        _HF.format("meta-llama/Llama-3.2-1B"), 1_235_814_400, _HF_COUNT.format("meta-llama/Llama-3.2-1B"),
+    ),
+    "qwen3-0.6b": Preset(
+        # Qwen3 (Qwen Team 2025): RMSNorm on each q and k head (QK-norm), head_dim 128 > d/h.
+        _llama(vocab_size=151936, d_model=1024, n_layers=28, n_heads=16, n_kv_heads=8, head_dim=128,
+               d_ff=3072, seq_len=40960, tied_embeddings=True, rope_theta=1_000_000.0, norm_eps=1e-6,
+               qk_norm="head"),
+        _HF.format("Qwen/Qwen3-0.6B"), 596_049_920, _HF_COUNT.format("Qwen/Qwen3-0.6B"),
+    ),
+    "gemma-2-2b": Preset(
+        # Gemma 2 (Gemma Team 2024b): pre- and post-norms (sandwich), (1 + scale) RMSNorm,
+        # attention soft-cap 50 and logit soft-cap 30, 4096-token window on even layers.
+        _llama(vocab_size=256000, d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4, head_dim=256,
+               d_ff=9216, seq_len=8192, mlp="geglu", tied_embeddings=True, embed_scale=True, norm_eps=1e-6,
+               norm_placement="sandwich", norm_offset=True, sliding_window=4096, global_every=2,
+               attn_softcap=50.0, final_softcap=30.0),
+        _HF.format("google/gemma-2-2b"), 2_614_341_888, "Hugging Face safetensors parameter count (BF16)",
+    ),
+    "gemma-3-1b": Preset(
+        # Gemma 3 (Gemma Team 2025): sandwich norms, QK-norm, 512-token window, every 6th layer global.
+        _llama(vocab_size=262144, d_model=1152, n_layers=26, n_heads=4, n_kv_heads=1, head_dim=256,
+               d_ff=6912, seq_len=32768, mlp="geglu", tied_embeddings=True, embed_scale=True,
+               rope_theta=1_000_000.0, norm_eps=1e-6, norm_placement="sandwich", norm_offset=True,
+               qk_norm="head", sliding_window=512, global_every=6),
+        _HF.format("google/gemma-3-1b-it"), 999_885_952, "Hugging Face safetensors.total of google/gemma-3-1b-it",
+    ),
+    "phi-3-mini-4k": Preset(
+        # Phi-3 (Abdin et al. 2024): Llama-shaped (fused qkv and gate_up: same counts), 2047-token window.
+        _llama(vocab_size=32064, d_model=3072, n_layers=32, n_heads=32, d_ff=8192, seq_len=4096,
+               sliding_window=2047),
+        _HF.format("microsoft/Phi-3-mini-4k-instruct"), 3_821_079_552, "Hugging Face safetensors parameter count",
+    ),
+    "olmo-2-7b": Preset(
+        # OLMo 2 (OLMo et al. 2024): RMSNorm after attention and MLP (no pre-norm), QK-norm over
+        # the whole q and k projections.
+        _llama(vocab_size=100352, d_model=4096, n_layers=32, n_heads=32, d_ff=11008, seq_len=4096,
+               rope_theta=500000.0, norm_eps=1e-6, norm_placement="post", qk_norm="full"),
+        _HF.format("allenai/OLMo-2-1124-7B"), 7_298_617_344, "Hugging Face safetensors.total (F32)",
+    ),
+    "falcon-7b": Preset(
+        # Falcon (Almazrouei et al. 2023): multi-query, one LayerNorm (with bias) feeding parallel
+        # attention and MLP, no linear biases, erf GELU, tied head, 71 heads of 64.
+        TransformerConfig(vocab_size=65024, d_model=4544, n_layers=32, n_heads=71, n_kv_heads=1, d_ff=18176,
+                          seq_len=2048, mlp="gelu_exact", position="rope", bias=False, norm_bias=True,
+                          parallel_residual=True, shared_norm=True),
+        _HF.format("tiiuae/falcon-7b"), 6_921_720_704, _HF_COUNT.format("tiiuae/falcon-7b"),
+    ),
+    "starcoder2-3b": Preset(
+        # StarCoder2 (Lozhkov et al. 2024): LayerNorm, tanh-GELU two-matrix MLP, biases, GQA, window 4096.
+        TransformerConfig(vocab_size=49152, d_model=3072, n_layers=30, n_heads=24, n_kv_heads=2, d_ff=12288,
+                          seq_len=16384, position="rope", rope_theta=999999.4420358813, sliding_window=4096),
+        _HF.format("bigcode/starcoder2-3b"),
+    ),
+    "minitron-4b": Preset(
+        # Nemotron (Minitron, Muralidharan et al. 2024): LayerNorm1P (1 + scale, with bias),
+        # squared-ReLU MLP, half of each head rotated, no linear biases, untied.
+        TransformerConfig(vocab_size=256000, d_model=3072, n_layers=32, n_heads=24, n_kv_heads=8, head_dim=128,
+                          d_ff=9216, seq_len=4096, tied_embeddings=False, mlp="relu2", position="rope",
+                          bias=False, norm_offset=True, norm_bias=True, rotary_fraction=0.5),
+        _HF.format("nvidia/Minitron-4B-Base"),
+    ),
     # Small shapes for tests and quick experiments (not public models).
     "tiny-gpt": Preset(
         TransformerConfig(vocab_size=97, d_model=48, n_layers=2, n_heads=4, d_ff=96, seq_len=16),

@@ -6,7 +6,10 @@ Pre-norm blocks (GPT-2, Llama, Mistral, Qwen and Gemma all are):
     for each layer:  x = x + attention(norm(x));  x = x + mlp(norm(x))
     logits = head(norm(x))        # head = embed.attend when tied
 
-The output head never has a bias (none of the public models has one). Layers are a Python list,
+The block can instead be sandwich-normed (Gemma 2/3), post-normed (OLMo 2) or parallel
+(GPT-J, GPT-NeoX, Falcon); QK-norm, partial rotary, sliding windows, soft-capping and the
+(1 + scale) norms are the config's architecture options (`models.config`). The output head has
+a bias only with ``head_bias`` (GPT-J). Layers are a Python list,
 or with ``scan_layers=True`` one stacked block run under ``nnx.scan`` (one compiled body).
 """
 
@@ -61,12 +64,47 @@ def _linear(n_in: int, n_out: int, in_axis: str, out_axis: str, *, bias: bool, d
                       kernel_metadata=axes(in_axis, out_axis), bias_metadata=axes(out_axis))
 
 
-def _norm(cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype) -> nnx.Module:
+def _norm(cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype, width: int | None = None) -> nnx.Module:
+    width = cfg.d_model if width is None else width
+    if cfg.norm_offset:
+        return OffsetNorm(cfg, width, rngs=rngs, dtype=dtype)
     meta = axes("norm")
     if cfg.norm == "layernorm":
-        return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, use_bias=cfg.bias, dtype=dtype, rngs=rngs,
+        return nnx.LayerNorm(width, epsilon=cfg.norm_eps, use_bias=cfg.resolved_norm_bias, dtype=dtype, rngs=rngs,
                              scale_metadata=meta, bias_metadata=meta)
-    return nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs, scale_metadata=meta)
+    return nnx.RMSNorm(width, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs, scale_metadata=meta)
+
+
+class OffsetNorm(nnx.Module):
+    """A norm that multiplies by (1 + scale), scale initialised to 0: Gemma's RMSNorm and
+    Nemotron's LayerNorm1P. Same parameters as the plain norm (scale, and a LayerNorm's shift)."""
+
+    def __init__(self, cfg: TransformerConfig, width: int, *, rngs: nnx.Rngs, dtype):
+        kw = dict(epsilon=cfg.norm_eps, use_scale=False, dtype=dtype, rngs=rngs)
+        if cfg.norm == "layernorm":
+            self.norm = nnx.LayerNorm(width, use_bias=False, **kw)
+            self.bias = nnx.Param(jnp.zeros((width,), jnp.float32)) if cfg.resolved_norm_bias else None
+        else:
+            self.norm = nnx.RMSNorm(width, **kw)
+            self.bias = None
+        self.scale = nnx.Param(jnp.zeros((width,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.norm(x) * (1 + self.scale[...]).astype(x.dtype)
+        return y if self.bias is None else y + self.bias[...].astype(x.dtype)
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+    """cap * tanh(x / cap): Gemma 2's soft-capping of attention scores and logits."""
+    return cap * jnp.tanh(x / cap)
+
+
+def window_mask(t: int, window) -> jax.Array:
+    """(t, t) bool: key j is visible from query i when j <= i and i - j < window (Mistral's
+    sliding window, Beltagy et al. 2020 without the global tokens); window may be traced."""
+    i = jnp.arange(t)[:, None]
+    j = jnp.arange(t)[None, :]
+    return (j <= i) & (i - j < window)
 
 
 class Attention(nnx.Module):
@@ -84,8 +122,34 @@ class Attention(nnx.Module):
         self.k = lin(cfg.d_model, kv * hd, "embed", "kv_heads", bias=qkv_bias)
         self.v = lin(cfg.d_model, kv * hd, "embed", "kv_heads", bias=qkv_bias)
         self.o = lin(h * hd, cfg.d_model, "heads", "embed", bias=cfg.bias)
+        # QK-norm (Dehghani et al. 2023): over each head (Qwen3, Gemma 3) or the whole projection
+        # (OLMo 2); kv heads' norm has kv * hd entries in the latter.
+        widths = {"head": (hd, hd), "full": (h * hd, kv * hd)}.get(cfg.qk_norm)
+        self.q_norm = _norm(cfg, rngs=rngs, dtype=dtype, width=widths[0]) if widths else None
+        self.k_norm = _norm(cfg, rngs=rngs, dtype=dtype, width=widths[1]) if widths else None
+        self.qk_norm = cfg.qk_norm
+        self.rotary_dim = cfg.rotary_dim if cfg.position == "rope" else None
+        self.attn_softcap = cfg.attn_softcap
+        self.windowed = cfg.sliding_window is not None
+        if self.kind == "flash" and (self.attn_softcap is not None or self.windowed):
+            raise ValueError("attention='flash' (models.flash) has no soft-capping or sliding window; "
+                             "use attention='dot' for this config")
 
-    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+    def _qk_normed(self, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        with scope("norms"):
+            if self.qk_norm == "head":
+                return self.q_norm(q), self.k_norm(k)
+            return (self.q_norm(q.reshape(*q.shape[:2], -1)).reshape(q.shape),
+                    self.k_norm(k.reshape(*k.shape[:2], -1)).reshape(k.shape))
+
+    def _rope(self, x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+        r = self.rotary_dim
+        if r == x.shape[-1]:
+            return apply_rope(x, *rope)
+        # partial rotary (GPT-NeoX rotary_pct): the first r dims rotate, the rest pass through
+        return jnp.concatenate([apply_rope(x[..., :r], *rope), x[..., r:]], axis=-1)
+
+    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, window=None) -> jax.Array:
         b, t, _ = x.shape
         kv, hd = self.n_kv_heads, self.head_dim
         groups = self.n_heads // kv
@@ -97,32 +161,39 @@ class Attention(nnx.Module):
             k = self.k(x).reshape(b, t, kv, hd)
         with scope("v"):
             v = self.v(x).reshape(b, t, kv, hd)
+        if self.q_norm is not None:
+            q, k = self._qk_normed(q, k)
         if rope is not None:
             with scope("rope"):
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                q, k = self._rope(q, rope), self._rope(k, rope)
         # On a mesh (models.sharding): queries keep their sequence shard, keys and values are
         # gathered over the context-parallel axis. Outside a mesh these are no-ops.
         q, k, v = constrain(q, "query"), constrain(k, "kv"), constrain(v, "kv")
         if self.kind == "flash":
             with scope("flash_attention"):
                 out = flash_attention(q, k, v).reshape(b, t, self.n_heads * hd)
-        elif self.remat == "selective":
-            # Korthikanti et al. 2022, Sec. 5 ("selective activation recomputation"): the core
-            # attention is checkpointed on its own, keeping only q, k, v (as Megatron-LM does).
-            out = jax.checkpoint(_core_attention, policy=jax.checkpoint_policies.nothing_saveable)(q, k, v)
         else:
-            out = _core_attention(q, k, v)
+            core = functools.partial(_core_attention, softcap_at=self.attn_softcap,
+                                     window=(t if window is None else window) if self.windowed else None)
+            if self.remat == "selective":
+                # Korthikanti et al. 2022, Sec. 5 ("selective activation recomputation"): the core
+                # attention is checkpointed on its own, keeping only q, k, v (as Megatron-LM does).
+                core = jax.checkpoint(core, policy=jax.checkpoint_policies.nothing_saveable)
+            out = core(q, k, v)
         out = constrain(out, "hidden")
         with scope("attn_out"):
             return self.o(out)
 
 
-def _core_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Causal softmax(q k^T / sqrt(hd)) v with the (t x t) scores materialised (the dot path)."""
+def _core_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, softcap_at=None, window=None) -> jax.Array:
+    """Causal softmax(q k^T / sqrt(hd)) v with the (t x t) scores materialised (the dot path);
+    ``softcap_at`` caps the scores (Gemma 2), ``window`` limits how far back a query sees."""
     b, t, kv, g, hd = q.shape
     with scope("attn_scores"):
         scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (1.0 / math.sqrt(hd))
-        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+        if softcap_at is not None:
+            scores = softcap(scores, softcap_at)
+        causal = jnp.tril(jnp.ones((t, t), dtype=bool)) if window is None else window_mask(t, window)
         scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
     with scope("softmax"):
         probs = jax.nn.softmax(scores, axis=-1)
@@ -143,7 +214,7 @@ class MLP(nnx.Module):
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.kind = cfg.mlp
-        lin = functools.partial(_linear, bias=cfg.bias, dtype=dtype, rngs=rngs)
+        lin = functools.partial(_linear, bias=cfg.resolved_mlp_bias, dtype=dtype, rngs=rngs)
         self.up = lin(cfg.d_model, cfg.d_ff, "embed", "mlp")
         self.gate = lin(cfg.d_model, cfg.d_ff, "embed", "mlp") if cfg.gated else None
         self.down = lin(cfg.d_ff, cfg.d_model, "mlp", "embed")
@@ -159,6 +230,10 @@ class MLP(nnx.Module):
                 h = jax.nn.gelu(up, approximate=True)
             elif self.kind == "swiglu":
                 h = jax.nn.silu(gate) * up
+            elif self.kind == "gelu_exact":  # erf GELU (Hendrycks & Gimpel 2016): GPT-NeoX, Falcon
+                h = jax.nn.gelu(up, approximate=False)
+            elif self.kind == "relu2":  # squared ReLU (So et al. 2021, Primer): Nemotron
+                h = jnp.square(jax.nn.relu(up))
             else:  # geglu
                 h = jax.nn.gelu(gate, approximate=True) * up
         with scope("mlp_out"):
@@ -166,19 +241,49 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    """One pre-norm transformer block."""
+    """One transformer block: pre-norm, or the placement / parallel form the config names."""
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
                  layout: Layout | None = None):
-        self.attn_norm = _norm(cfg, rngs=rngs, dtype=dtype)
+        placement = cfg.norm_placement
+        self.placement, self.parallel = placement, cfg.parallel_residual
+        self.attn_norm = _norm(cfg, rngs=rngs, dtype=dtype) if placement != "post" else None
         self.attn = Attention(cfg, rngs=rngs, dtype=dtype, layout=layout)
-        self.mlp_norm = _norm(cfg, rngs=rngs, dtype=dtype)
+        self.mlp_norm = (_norm(cfg, rngs=rngs, dtype=dtype)
+                         if placement != "post" and not cfg.shared_norm else None)
         self.mlp = MLP(cfg, rngs=rngs, dtype=dtype)
+        post = placement in ("sandwich", "post")
+        self.attn_post_norm = _norm(cfg, rngs=rngs, dtype=dtype) if post else None
+        self.mlp_post_norm = _norm(cfg, rngs=rngs, dtype=dtype) if post else None
 
-    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+    def _arch_call(self, x: jax.Array, rope, window) -> jax.Array:
+        """The blocks that are not plain pre-norm: parallel (GPT-J, GPT-NeoX; Wang & Komatsuzaki
+        2021), sandwich (Gemma 2) and post-sublayer norms (OLMo 2, OLMo et al. 2024)."""
+        def normed(norm, h):
+            if norm is None:
+                return h
+            with scope("norms"):
+                return norm(h)
+
+        if self.parallel:
+            a = normed(self.attn_norm, x)
+            m = a if self.mlp_norm is None else normed(self.mlp_norm, x)
+            a, m = self.attn(a, rope, window), self.mlp(m)
+            with scope("residual"):
+                return x + a + m
+        h = normed(self.attn_post_norm, self.attn(normed(self.attn_norm, x), rope, window))
+        with scope("residual"):
+            x = x + h
+        h = normed(self.mlp_post_norm, self.mlp(normed(self.mlp_norm, x)))
+        with scope("residual"):
+            return x + h
+
+    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, window=None) -> jax.Array:
+        if self.parallel or self.placement != "pre":
+            return self._arch_call(x, rope, window)
         with scope("norms"):
             h = constrain(self.attn_norm(x), "block_input")
-        h = self.attn(h, rope)
+        h = self.attn(h, rope, window)
         with scope("residual"):
             x = constrain(x + h, "residual")
         with scope("norms"):
@@ -246,7 +351,7 @@ class Transformer(nnx.Module):
         self.final_norm = _norm(cfg, rngs=rngs, dtype=dtype)
         self.head = (
             None if cfg.tied_embeddings
-            else _linear(cfg.d_model, cfg.vocab_size, "embed", "vocab", bias=False, dtype=dtype, rngs=rngs)
+            else _linear(cfg.d_model, cfg.vocab_size, "embed", "vocab", bias=cfg.head_bias, dtype=dtype, rngs=rngs)
         )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -273,14 +378,16 @@ class Transformer(nnx.Module):
             # Constants of the step: stop_gradient keeps the scanned backward from summing
             # cotangents for them across layers (work the unrolled program never does).
             with scope("rope"):
-                rope = jax.lax.stop_gradient(rope_tables(t, cfg.resolved_head_dim, cfg.rope_theta))
+                rope = jax.lax.stop_gradient(rope_tables(t, cfg.rotary_dim, cfg.rope_theta))
 
-        def apply(block, x, rope):
-            return block(x, rope)
+        def apply(block, x, rope, window=None):
+            return block(x, rope, window)
 
         if self.remat in REMAT_POLICIES:
             apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
-        if self.scan_layers:
+        if cfg.sliding_window is not None:
+            x = self._windowed_layers(x, rope, apply)
+        elif self.scan_layers:
             @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry)
             def run(x, block, rope):
                 return apply(block, x, rope)
@@ -288,10 +395,26 @@ class Transformer(nnx.Module):
             x = run(x, self.layers, rope)
         else:
             for block in self.layers:
-                x = apply(block, x, rope)
+                x = apply(block, x, rope)  # window None: full causal attention
 
         with scope("norms"):
             x = self.final_norm(x)
         with scope("logits"):
             logits = (jnp.dot(x, table.T.astype(x.dtype)) if self.head is None else self.head(x))
+            logits = logits if cfg.final_softcap is None else softcap(logits, cfg.final_softcap)
             return constrain(logits, "logits")
+
+    def _windowed_layers(self, x: jax.Array, rope, apply) -> jax.Array:
+        """The layers with a per-layer attention window (``cfg.layer_windows()``; a global
+        layer's window is the sequence length). Scanned, the windows are a scanned int32 input."""
+        t = x.shape[1]
+        windows = [t if w is None else w for w in self.cfg.layer_windows()]
+        if self.scan_layers:
+            @nnx.scan(in_axes=(nnx.Carry, 0, None, 0), out_axes=nnx.Carry)
+            def run(x, block, rope, window):
+                return apply(block, x, rope, window)
+
+            return run(x, self.layers, rope, jnp.asarray(windows, jnp.int32))
+        for block, window in zip(self.layers, windows):
+            x = apply(block, x, rope, window)
+        return x

@@ -20,8 +20,13 @@ from planner.format import Progress, human, table
 from planner.flops import COMPONENT_CONVENTIONS, CONVENTIONS, MODES, count_flops
 from planner.params import count_params
 
-_BOOL_FIELDS = ("tied_embeddings", "bias", "embed_scale", "qkv_bias")
-_FLOAT_FIELDS = ("rope_theta", "norm_eps")
+_BOOL_FIELDS = ("tied_embeddings", "bias", "embed_scale", "qkv_bias", "norm_offset", "norm_bias", "mlp_bias",
+                "head_bias", "parallel_residual", "shared_norm")
+_FLOAT_FIELDS = ("rope_theta", "norm_eps", "rotary_fraction", "attn_softcap", "final_softcap")
+#: Fields that take "none" (besides the optional sizes).
+_NULLABLE_FIELDS = ("qkv_bias", "norm_bias", "mlp_bias", "qk_norm", "sliding_window", "global_every",
+                    "attn_softcap", "final_softcap")
+_INT_FIELDS = ("sliding_window", "global_every")
 _TRUE, _FALSE, _NONE = ("true", "1", "yes", "on"), ("false", "0", "no", "off"), ("none", "null")
 
 
@@ -120,10 +125,10 @@ def dumps(data) -> str:
 def parse_value(name: str, text: str):
     """Convert ``--set name=text`` to the field's type, or raise naming the field and the rule."""
     low = text.strip().lower()
-    nullable = name in OPTIONAL_SIZE_FIELDS or name == "qkv_bias"
+    nullable = name in OPTIONAL_SIZE_FIELDS or name in _NULLABLE_FIELDS
     if nullable and low in _NONE:
         return None
-    if name in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS:
+    if name in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS + _INT_FIELDS:
         try:
             return int(text, 10)
         except ValueError:
@@ -159,8 +164,12 @@ def parse_overrides(items: Sequence[str]) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> TransformerConfig:
-    """The config named by --preset, with --set applied; or built from --set alone."""
+    """The config named by --preset or read from --hf, with --set applied; or built from --set alone."""
     overrides = parse_overrides(args.set or [])
+    if getattr(args, "hf", None) is not None:
+        if args.preset is not None:
+            raise UsageError("give --preset or --hf, not both")
+        return hf_import(args).config.replace(**overrides) if overrides else hf_import(args).config
     if args.preset is not None:
         return presets.get(args.preset, **overrides)
     missing = [f for f in SIZE_FIELDS if f not in overrides]
@@ -172,8 +181,28 @@ def config_from_args(args: argparse.Namespace) -> TransformerConfig:
     return TransformerConfig(**overrides)
 
 
+def hf_import(args: argparse.Namespace):
+    """The `models.hf.HFImport` of --hf (read once per command)."""
+    from models.hf import read_hf
+
+    cached = getattr(args, "_hf_import", None)
+    if cached is None:
+        cached = read_hf(args.hf)
+        args._hf_import = cached
+    return cached
+
+
+def _label(args: argparse.Namespace) -> str:
+    if getattr(args, "hf", None) is not None:
+        return f"{args.hf} ({hf_import(args).family})"
+    return args.preset or "custom config"
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", metavar="NAME", help=f"a named config: {', '.join(presets.names())}")
+    p.add_argument("--hf", metavar="CONFIG_JSON",
+                   help="a Hugging Face config.json (gpt2, gpt_neox, gptj, llama, mistral, qwen2, qwen3, gemma, "
+                        "gemma2, gemma3_text, phi3, olmo2, falcon, starcoder2, nemotron)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override one config field (repeatable), e.g. --set n_layers=6")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -246,7 +275,8 @@ def memory_lines(m) -> list[str]:
 
 
 def _flop_args_given(args: argparse.Namespace) -> bool:
-    return args.flops or any(getattr(args, a) is not None for a in ("mode", "convention", "batch", "seq")) or args.causal
+    return args.flops or any(getattr(args, a) is not None
+                             for a in ("mode", "convention", "batch", "seq", "block_skip")) or args.causal
 
 
 def _flop_counts(cfg: TransformerConfig, args: argparse.Namespace) -> dict:
@@ -274,6 +304,8 @@ def cmd_count(args: argparse.Namespace) -> int:
     if args.json:
         data = {
             "preset": args.preset,
+            **({"hf": {k: v for k, v in hf_import(args).to_dict().items() if k != "config"}}
+               if getattr(args, "hf", None) else {}),
             "config": _config_json(cfg),
             "params": {"total": pc.total, "embedding": pc.embedding,
                        "non_embedding": pc.non_embedding, "components": pc.components},
@@ -291,12 +323,16 @@ def cmd_count(args: argparse.Namespace) -> int:
             }
         print(json.dumps(data, indent=2))
         return 0
-    name = args.preset or "custom config"
+    name = _label(args)
     print(f"{name}: {human(pc.total)} parameters ({pc.total:,})")
     print(f"  d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} "
           f"n_kv_heads={cfg.resolved_n_kv_heads} head_dim={cfg.resolved_head_dim} d_ff={cfg.d_ff} "
           f"vocab={cfg.vocab_size} seq_len={cfg.seq_len} mlp={cfg.mlp} norm={cfg.norm} "
-          f"position={cfg.position} tied={cfg.tied_embeddings}\n")
+          f"position={cfg.position} tied={cfg.tied_embeddings}")
+    arch = _architecture_text(cfg)
+    print(f"  {arch}\n" if arch else "")
+    if getattr(args, "hf", None) is not None:
+        print(_hf_text(hf_import(args)) + "\n")
     if flops is None:
         rows = [(c, f"{n:,}", f"{100 * n / pc.total:.2f}%") for c, n in pc.components.items()]
         rows += [("total", f"{pc.total:,}", "100.00%"),
@@ -305,7 +341,41 @@ def cmd_count(args: argparse.Namespace) -> int:
         print(table(("component", "parameters", "share"), rows))
         return 0
     print(_flops_text(flops, args.mode or "forward", _batch(args), seq, args.causal))
+    if args.block_skip is not None:
+        print("\n" + _block_skip_text(cfg, args, seq))
     return 0
+
+
+def _architecture_text(cfg: TransformerConfig) -> str:
+    """The architecture options that differ from the plain pre-norm block, on one line."""
+    default = TransformerConfig(vocab_size=1, d_model=2, n_layers=1, n_heads=1, d_ff=1, seq_len=1)
+    names = ("norm_placement", "norm_offset", "norm_bias", "mlp_bias", "head_bias", "qk_norm", "parallel_residual",
+             "shared_norm", "rotary_fraction", "sliding_window", "global_every", "attn_softcap", "final_softcap")
+    return " ".join(f"{n}={getattr(cfg, n)}" for n in names if getattr(cfg, n) != getattr(default, n))
+
+
+def _hf_text(imp) -> str:
+    rows = [(field, f"{getattr(imp.config, field)!r}", source) for field, source in imp.mapped.items()]
+    lines = [f"recognised family: {imp.family}", "",
+             table(("field", "value", "from config.json"), rows), ""]
+    lines.append(f"ignored ({len(imp.ignored)}, change nothing counted): {', '.join(imp.ignored) or '-'}")
+    return "\n".join(lines)
+
+
+def _block_skip_text(cfg: TransformerConfig, args: argparse.Namespace, seq: int) -> str:
+    from planner.flops import count_flops
+
+    mode, b = args.mode or "forward", _batch(args)
+    attn = lambda c: c.components["attn_scores"] + c.components["attn_values"]  # noqa: E731
+    full = attn(count_flops(cfg, batch_size=b, seq_len=seq, mode=mode, convention="fma"))
+    rows = [("materialised s x s (what XLA counts)", f"{float(full):.4g}", "100.0%")]
+    for k in dict.fromkeys((args.block_skip, 1)):
+        x = attn(count_flops(cfg, batch_size=b, seq_len=seq, mode=mode, convention="fma", block_skip=k))
+        label = "exact visible band (tile 1)" if k == 1 else f"block-skipping kernel, {k} x {k} tiles"
+        rows.append((label, f"{float(x):.4g}", f"{100 * float(x) / float(full):.1f}%"))
+    windows = (f"window {cfg.sliding_window} on {cfg.n_windowed_layers} of {cfg.n_layers} layers"
+               if cfg.sliding_window is not None else "no sliding window: causal skipping only")
+    return f"attention matmul FLOPs (fma), {windows}\n\n" + table(("attention", "FLOPs", "share"), rows)
 
 
 def _flops_text(flops: dict, mode: str, batch: int, seq: int, causal: bool) -> str:
@@ -373,12 +443,18 @@ def _validation_text(name: str, r) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from planner.validation import default_grid, validate
 
-    if args.grid:
-        if args.preset or args.set:
-            raise UsageError("--grid runs the built-in sweep; drop --preset/--set, or drop --grid")
+    if args.grid or args.arch_grid:
+        if args.preset or args.set or args.hf:
+            raise UsageError("--grid runs the built-in sweep; drop --preset/--hf/--set, or drop --grid")
+        if args.grid and args.arch_grid:
+            raise UsageError("give --grid or --arch-grid, not both")
+        if args.arch_grid:
+            from planner.validation import architecture_grid
+
+            return _validate_grid(args, architecture_grid())
         return _validate_grid(args, default_grid())
-    if args.preset is None and not args.set:
-        raise UsageError("give --preset NAME, --set field=value ..., or --grid")
+    if args.preset is None and not args.set and args.hf is None:
+        raise UsageError("give --preset NAME, --hf CONFIG_JSON, --set field=value ..., or --grid")
     cfg = config_from_args(args)
     if not args.scan and cfg.n_layers > 64:
         print(f"note: lowering {cfg.n_layers} unrolled layers takes about 0.1-0.2 s each; --scan lowers one "
@@ -402,7 +478,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"preset": args.preset, **r.to_json()}, indent=2))
     else:
-        print(_validation_text(args.preset or "custom config", r))
+        print(_validation_text(_label(args), r))
         if r.collectives is not None:
             print("\n" + _collectives_text(r.collectives))
     return 0 if r.ok else 1
@@ -687,9 +763,10 @@ def cmd_time(args: argparse.Namespace) -> int:
 def _config_name(args: argparse.Namespace) -> str:
     """What the config is called in a header: the preset, and the --set overrides on it."""
     sets = ", ".join(s.strip() for s in (args.set or []))
-    if args.preset is None:
+    label = _label(args)
+    if args.preset is None and getattr(args, "hf", None) is None:
         return f"custom config ({sets})" if sets else "custom config"
-    return f"{args.preset} with {sets}" if sets else args.preset
+    return f"{label} with {sets}" if sets else label
 
 
 def _check_dtype(spec, dtype: str) -> None:
@@ -834,6 +911,12 @@ def _plan_kwargs(args: argparse.Namespace) -> dict:
               batch_tokens=args.batch_tokens, free_mlp_ratio=args.free_mlp_ratio, n_layers=args.n_layers,
               d_model=args.d_model, max_memory_per_chip=args.max_memory,
               layout=_parse_layout(args.layout))
+    if args.base_hf is not None:
+        if args.base is not None:
+            raise UsageError("give --base or --base-hf, not both")
+        if args.set:
+            raise UsageError("--set applies to --base; edit the config.json given to --base-hf instead")
+        kw["base"] = TransformerConfig.from_hf(args.base_hf)
     if args.aspect is not None:
         lo, sep, hi = args.aspect.partition(":")
         try:
@@ -1037,6 +1120,8 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--law-file", dest="law_file", metavar="FILE", help="a law fitted by 'planner fit --out'")
     p.add_argument("--base", metavar="PRESET", help="preset fixing vocab, seq, MLP/norm/position, tying "
                                                     "(default: Llama-style, 32k vocab, 2048 tokens)")
+    p.add_argument("--base-hf", dest="base_hf", metavar="CONFIG_JSON",
+                   help="the base read from a Hugging Face config.json instead of a preset")
     p.add_argument("--convention", default="xla", help="how a step's FLOPs count (default xla)")
     p.add_argument("--hardware", metavar="NAME", help="hardware budget: target name or spec file")
     p.add_argument("--chips", type=int, help="hardware budget: chips")
@@ -1076,11 +1161,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=int, metavar="T", help="tokens per sequence (default: the config's seq_len)")
     p.add_argument("--causal", action="store_true",
                    help="halve the attention matmuls (MFU convention; fma, no_fma, xla only)")
+    p.add_argument("--block-skip", dest="block_skip", type=int, metavar="K",
+                   help="also show the attention a block-skipping kernel with K x K tiles executes "
+                        "(causal and sliding-window tiles skipped) beside the materialised s x s count")
     p.set_defaults(func=cmd_count)
 
     p = sub.add_parser("validate", help="compare the closed form with XLA's cost analysis, per component")
     _add_config_args(p)
     p.add_argument("--grid", action="store_true", help="run the built-in sweep of 24 configs")
+    p.add_argument("--arch-grid", dest="arch_grid", action="store_true",
+                   help="run the sweep of 10 small configs shaped like each public family (every architecture option)")
     p.add_argument("--mode", choices=("forward", "train"), help="forward (default) or train; --grid: both")
     p.add_argument("--stage", choices=("lowered", "compiled"), default="lowered",
                    help="cost analysis of the lowered (default) or compiled program")

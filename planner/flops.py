@@ -192,7 +192,7 @@ _count_no_fma.__doc__ = "Every matmul as m*p*(2n-1) (separate multiply and add: 
 
 
 # ----------------------------------------------------------------------------- the "xla" convention
-def _norm_forward(cfg: TransformerConfig, tokens):
+def _norm_forward(cfg: TransformerConfig, tokens, width=None):
     """One norm over (tokens, d_model) as XLA counts it; returns (flops, transcendentals).
 
     flax LayerNorm (use_fast_variance): mean and mean of squares (two reductions of d - 1 adds
@@ -200,25 +200,29 @@ def _norm_forward(cfg: TransformerConfig, tokens):
     transcendental), x - mean, scale * rsqrt, the product, and + bias: 6 d + 4 per token,
     7 d + 4 with the bias. RMSNorm: square, one reduction, divide, + eps, rsqrt, two products:
     4 d + 1 per token. Measured on jax 0.10 (tests/test_flops.py checks them against XLA).
+    ``width`` (default d_model) is the normalised axis, e.g. head_dim for a QK-norm.
     """
-    d = cfg.d_model
+    d = cfg.d_model if width is None else width
     if cfg.norm == "layernorm":
-        per_token = (7 if cfg.bias else 6) * d + 4
+        per_token = (7 if cfg.resolved_norm_bias else 6) * d + 4
     else:
         per_token = 4 * d + 1
     return tokens * per_token, tokens
 
 
-def _norm_backward(cfg: TransformerConfig, tokens):
+def _norm_backward(cfg: TransformerConfig, tokens, width=None):
     """Backward of one norm, including its parameter-gradient reductions over the tokens."""
-    d = cfg.d_model
+    d = cfg.d_model if width is None else width
     if cfg.norm == "layernorm":
-        return (13 * d + 13) * tokens - 2 * d if cfg.bias else (12 * d + 13) * tokens - d
+        return (13 * d + 13) * tokens - 2 * d if cfg.resolved_norm_bias else (12 * d + 13) * tokens - d
     return (9 * d + 3) * tokens - d
 
 
-_ACTIVATION_FORWARD = {"gelu": 8, "swiglu": 5, "geglu": 9}  # per hidden element, gate product included
-_ACTIVATION_BACKWARD = {"gelu": 14, "swiglu": 8, "geglu": 16}
+_ACTIVATION_FORWARD = {"gelu": 8, "swiglu": 5, "geglu": 9, "gelu_exact": 66, "relu2": 2}  # per hidden element, gate product included
+_ACTIVATION_BACKWARD = {"gelu": 14, "swiglu": 8, "geglu": 16, "gelu_exact": 10, "relu2": 4}
+#: Transcendentals per hidden element, forward: tanh (gelu, geglu), logistic (swiglu), the exp
+#: of jax's erf expansion (gelu_exact); squared ReLU has none.
+_ACTIVATION_TRANSCENDENTALS = {"gelu": 1, "swiglu": 1, "geglu": 1, "gelu_exact": 1, "relu2": 0}
 
 
 def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], Any]:
@@ -236,8 +240,8 @@ def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
     c["embedding"] = (tokens * d + 6 * tokens + (tokens * d if cfg.embed_scale else 0)
                       + (tokens * d if cfg.position == "learned" else 0))
     norm_flops, norm_trans = _norm_forward(cfg, tokens)
-    c["norms"] = (2 * n_layers + 1) * norm_flops
-    trans += (2 * n_layers + 1) * norm_trans
+    c["norms"] = (cfg.norms_per_layer * n_layers + 1) * norm_flops
+    trans += (cfg.norms_per_layer * n_layers + 1) * norm_trans
 
     qkv_bias = 1 if cfg.resolved_qkv_bias else 0
     bias = 1 if cfg.bias else 0
@@ -247,8 +251,9 @@ def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
     if cfg.position == "rope":
         # x1*cos - x2*sin and x2*cos + x1*sin on each half: 6 ops per pair = 3 per element,
         # on q and k, every layer; plus the cos/sin tables once per forward.
-        c["rope"] = 3 * n_layers * tokens * (h + kv) * hd + _rope_table_flops(t, hd)
-        trans += _rope_table_transcendentals(t, hd)
+        rot = cfg.rotary_dim  # = hd unless partial rotary
+        c["rope"] = 3 * n_layers * tokens * (h + kv) * rot + _rope_table_flops(t, rot)
+        trans += _rope_table_transcendentals(t, rot)
     # 1/sqrt(head_dim) scaling and the causal select on every score; the mask itself (iota
     # compare and tril select) on (t, t), built in every layer.
     c["attn_scores"] = n_layers * (2 * scores + 2 * t * t)
@@ -257,11 +262,12 @@ def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
     c["softmax"] = n_layers * (4 * scores - b * h * t)
     trans += n_layers * scores
     c["attn_out"] = n_layers * bias * tokens * d
-    c["mlp_in"] = n_layers * bias * tokens * ff
-    c["mlp_gate"] = n_layers * bias * tokens * ff if cfg.gated else 0
-    c["mlp_out"] = n_layers * bias * tokens * d
+    mlp_bias = 1 if cfg.resolved_mlp_bias else 0
+    c["mlp_in"] = n_layers * mlp_bias * tokens * ff
+    c["mlp_gate"] = n_layers * mlp_bias * tokens * ff if cfg.gated else 0
+    c["mlp_out"] = n_layers * mlp_bias * tokens * d
     c["activation"] = n_layers * _ACTIVATION_FORWARD[cfg.mlp] * tokens * ff
-    trans += n_layers * tokens * ff  # tanh (gelu, geglu) or logistic (swiglu)
+    trans += n_layers * _ACTIVATION_TRANSCENDENTALS[cfg.mlp] * tokens * ff
     c["residual"] = n_layers * 2 * tokens * d
     return c, trans
 
@@ -296,28 +302,102 @@ def _xla_backward_extra(cfg: TransformerConfig, b, t) -> dict[str, Any]:
     c["embedding"] = (tokens * d + (tokens * d if cfg.embed_scale else 0)
                       + (tokens * d - t * d if cfg.position == "learned" else 0)
                       + (vocab * d if cfg.tied_embeddings else 0))
-    c["norms"] = (2 * n_layers + 1) * _norm_backward(cfg, tokens)
+    c["norms"] = (cfg.norms_per_layer * n_layers + 1) * _norm_backward(cfg, tokens)
     c["q"] = n_layers * (bias_grad(h * hd) if qkv_bias else 0)
     # k and v each add their input gradient to q's (the normed x fans out three ways).
     c["k"] = n_layers * ((bias_grad(kv * hd) if qkv_bias else 0) + tokens * d)
     c["v"] = n_layers * ((bias_grad(kv * hd) if qkv_bias else 0) + tokens * d)
     if cfg.position == "rope":
         # the transposed rotation: 4.5 per element of q and k
-        c["rope"] = n_layers * 9 * tokens * (h + kv) * _half(hd)
+        c["rope"] = n_layers * 9 * tokens * (h + kv) * _half(cfg.rotary_dim)
     c["attn_scores"] = n_layers * 2 * scores  # through the causal select and the 1/sqrt(hd) scale
     c["softmax"] = n_layers * (6 * scores + 2 * b * h * t)
     c["attn_out"] = n_layers * (bias_grad(d) if bias else 0)
-    c["mlp_in"] = n_layers * (bias_grad(ff) if bias else 0)
+    mlp_bias = cfg.resolved_mlp_bias
+    c["mlp_in"] = n_layers * (bias_grad(ff) if mlp_bias else 0)
     if cfg.gated:
-        c["mlp_gate"] = n_layers * ((bias_grad(ff) if bias else 0) + tokens * d)
+        c["mlp_gate"] = n_layers * ((bias_grad(ff) if mlp_bias else 0) + tokens * d)
     c["activation"] = n_layers * _ACTIVATION_BACKWARD[cfg.mlp] * tokens * ff
-    c["mlp_out"] = n_layers * (bias_grad(d) if bias else 0)
+    c["mlp_out"] = n_layers * (bias_grad(d) if mlp_bias else 0)
     # x feeds both the norm and the residual add, twice per block: one add each for its gradient.
     c["residual"] = n_layers * 2 * tokens * d
     # optax.softmax_cross_entropy_with_integer_labels, then the mean: forward 3 per logit +
     # 13 per token + 6, backward 2 per logit + 8 per token.
     c["loss"] = 5 * tokens * vocab + 21 * tokens + 6
     return c
+
+
+def _norm_rows(cfg: TransformerConfig, tokens):
+    """The QK-norms of one layer as (rows, width) pairs: per head, each of the tokens x heads
+    rows of head_dim; full width, one row per token over the whole q or k projection."""
+    hd, h, kv = cfg.resolved_head_dim, cfg.n_heads, cfg.resolved_n_kv_heads
+    if cfg.qk_norm == "head":
+        return [(tokens * h, hd), (tokens * kv, hd)]
+    if cfg.qk_norm == "full":
+        return [(tokens, h * hd), (tokens, kv * hd)]
+    return []
+
+
+def layer_norm_elements(cfg: TransformerConfig, tokens):
+    """Elements one layer's norms normalise: its d_model norms on every token, and its QK-norms."""
+    return cfg.norms_per_layer * tokens * cfg.d_model + sum(n * w for n, w in _norm_rows(cfg, tokens))
+
+
+def _xla_arch_forward(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], Any]:
+    """The forward work of the architecture options (`TransformerConfig`'s second group of
+    fields) on top of `_xla_forward_extra`, as XLA counts it (measured on jax 0.10, float32,
+    checked by tests/test_architectures.py against XLA on shapes not used to read them off)."""
+    n_layers, d, vocab = cfg.n_layers, cfg.d_model, cfg.vocab_size
+    tokens = b * t
+    scores = b * cfg.n_heads * t * t
+    c = _zeros()
+    trans = 0
+    rows = _norm_rows(cfg, tokens)
+    for n, w in rows:  # QK-norms: the same per-row cost as a d_model norm, at their width
+        f, tr = _norm_forward(cfg, n, w)
+        c["norms"] += n_layers * f
+        trans += n_layers * tr
+    if cfg.norm_offset:  # 1 + scale, once per norm (a vector, not per token)
+        n_norms = cfg.norms_per_layer * n_layers + 1
+        c["norms"] += n_norms * d + n_layers * sum(w for _, w in rows)
+    if cfg.attn_softcap is not None:  # divide, tanh, multiply on every score
+        c["attn_scores"] += n_layers * 2 * scores
+        trans += n_layers * scores
+    if cfg.sliding_window is not None:  # i - j and i - j < w beside the causal compare, then the and
+        c["attn_scores"] += n_layers * _WINDOW_MASK_FORWARD * t * t
+    if cfg.head_bias:
+        c["logits"] += tokens * vocab
+    if cfg.final_softcap is not None:
+        c["logits"] += 2 * tokens * vocab
+        trans += tokens * vocab
+    return c, trans
+
+
+_WINDOW_MASK_FORWARD = 2
+
+
+def _xla_arch_backward(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], Any]:
+    """The backward work of the architecture options, beside `_xla_backward_extra`."""
+    n_layers, d, vocab = cfg.n_layers, cfg.d_model, cfg.vocab_size
+    tokens = b * t
+    scores = b * cfg.n_heads * t * t
+    c = _zeros()
+    trans = 0
+    for n, w in _norm_rows(cfg, tokens):
+        c["norms"] += n_layers * _norm_backward(cfg, n, w)
+    if cfg.position == "rope" and cfg.rotary_fraction != 1:
+        # partial rotary: the transposed slice and concatenate add the two zero-padded halves
+        # of the cotangent, one add per element of q and k
+        c["rope"] += n_layers * tokens * (cfg.n_heads + cfg.resolved_n_kv_heads) * cfg.resolved_head_dim
+    if cfg.mlp == "gelu_exact":  # the erf's derivative, exp(-x^2 / 2)
+        trans += n_layers * tokens * cfg.d_ff
+    if cfg.attn_softcap is not None:
+        c["attn_scores"] += n_layers * 6 * scores
+    if cfg.head_bias:
+        c["logits"] += tokens * vocab - vocab
+    if cfg.final_softcap is not None:
+        c["logits"] += 6 * tokens * vocab
+    return c, trans
 
 
 def xla_optimizer_flops(cfg: TransformerConfig) -> tuple[Any, Any]:
@@ -347,9 +427,15 @@ def _count_xla(cfg, batch_size, seq_len, mode, causal):
     if mode in ("forward", "train"):
         parts.append(fwd_extra)
         trans += fwd_trans
+        arch, arch_trans = _xla_arch_forward(cfg, batch_size, seq_len)
+        parts.append(arch)
+        trans += arch_trans
     if mode in ("backward", "train"):
         parts.append(_xla_backward_extra(cfg, batch_size, seq_len))
         trans += tokens * cfg.vocab_size + tokens  # the loss's exp and log
+        arch, arch_trans = _xla_arch_backward(cfg, batch_size, seq_len)
+        parts.append(arch)
+        trans += arch_trans
     if mode == "train":
         opt_flops, opt_trans = xla_optimizer_flops(cfg)
         parts.append({"optimizer": opt_flops})
@@ -553,7 +639,8 @@ def recompute_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, layou
 
 
 def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str = "forward",
-                convention: str = "xla", causal: bool = False, layout=None) -> FlopCount:
+                convention: str = "xla", causal: bool = False, layout=None,
+                block_skip: int | None = None) -> FlopCount:
     """FLOPs of one forward, backward or training step of ``models.Transformer(cfg)``.
 
     Args:
@@ -568,6 +655,11 @@ def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str
       layout: a `models.Layout`: "backward" and "train" then include the forward work its
         remat policy and attention recompute (`recompute_flops`): hardware FLOPs (HFU). Without
         it: model FLOPs (MFU). Only for "fma", "no_fma" and "xla".
+      block_skip: None (attention counted over the full s x s scores, what the materialised
+        program executes and XLA counts), or a tile size k: the attention matmuls a
+        block-skipping kernel executes, every k x k tile of the scores holding at least one
+        visible (causal, in-window) key, and no other (`attention_tiles`); k = 1 is the exact
+        visible band. "fma" convention only, integer sizes, not with ``causal``.
 
     Returns:
       A `FlopCount`. For "fma", "no_fma" and "xla" the components are `FLOP_COMPONENTS`; for a
@@ -609,8 +701,48 @@ def count_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, mode: str
         extra = recompute_flops(cfg, batch_size=batch_size, seq_len=seq_len, layout=layout,
                                 convention=convention, causal=causal)
         comps = {k: comps[k] + extra[k] for k in comps}
+    if block_skip is not None:
+        comps = _block_skipped(cfg, seq_len, comps, block_skip, convention, causal)
     return FlopCount(total=sum(comps.values()), components=comps, transcendentals=trans,
                      convention=convention, mode=mode)
+
+
+def attention_tiles(t: int, block: int, window: int | None = None) -> int:
+    """Score elements a block-skipping kernel computes for one (sequence, head, layer): the
+    k x k tiles (k = ``block``; the last partial tile counted whole) that hold at least one key
+    j <= i with i - j < window (window None: the causal prefix). Tile (qi, kj) at offset
+    d = qi - kj >= 0 is visible iff d == 0 or its nearest pair, d k - (k - 1) apart, is inside
+    the window: d <= (window + k - 2) // k. With n = ceil(t / k) tiles per side and D the largest
+    visible offset, (D + 1) n - D (D + 1) / 2 tiles (FlashAttention-2's causal tile skipping, Dao
+    2023, §3.1; Mistral's banded window, Jiang et al. 2023).
+
+    >>> attention_tiles(8, 1), attention_tiles(8, 1, window=3)  # 8*9/2, 1+2+3*6
+    (36, 21)
+    """
+    for name, v in (("t", t), ("block", block)):
+        check_size(name, v)
+    n = -(-t // block)
+    d = n - 1 if window is None else min(n - 1, (window + block - 2) // block)
+    return block * block * ((d + 1) * n - d * (d + 1) // 2)
+
+
+def _block_skipped(cfg: TransformerConfig, t, comps: dict, block, convention: str, causal: bool) -> dict:
+    """The attention matmuls scaled from the full t x t scores to the tiles a kernel executes."""
+    if convention != "fma":
+        raise ValueError(f"block_skip={block!r}: counts what a kernel executes under the 'fma' "
+                         f"convention only; got convention={convention!r}")
+    if causal:
+        raise ValueError("block_skip already skips the masked tiles; drop causal=True")
+    if cfg.relaxed or not isinstance(t, int):
+        raise ValueError("block_skip needs integer sizes (a tile count is not continuous)")
+    check_size("block_skip", block)
+    executed = sum(attention_tiles(t, block, w) for w in cfg.layer_windows())
+    full = cfg.n_layers * t * t
+    out = dict(comps)
+    for name in ("attn_scores", "attn_values"):
+        x = comps[name] * executed
+        out[name] = x // full if x % full == 0 else Fraction(x, full)
+    return out
 
 
 # ----------------------------------------------------------------------------- many shapes at once

@@ -135,6 +135,12 @@ def activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout = Lay
         "lse": 0 if dot else h / tp,
         "dropout_masks": 2 * d / sp if dropout else 0,
         "dropout_scores": 2 * h * seq_len / tp if dropout and dot else 0,
+        # the architecture options (models.TransformerConfig), by the same bookkeeping: each
+        # norm beyond two keeps its input and output, QK-norm its normed q and k, the score
+        # soft-cap its tanh (one more score-sized tensor)
+        "extra_norms": 2 * d * (cfg.norms_per_layer - 2) / sp,
+        "qk_norm": (h + kv) * hd / tp if cfg.qk_norm is not None else 0,
+        "softcap_scores": h * seq_len / tp if dot and cfg.attn_softcap is not None else 0,
     }
     return out
 
@@ -171,7 +177,7 @@ def saved_activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout
     if layout.remat == "none":
         return full
     if layout.remat == "selective":
-        return {**full, "scores": 0, "dropout_scores": 0}
+        return {**full, "scores": 0, "dropout_scores": 0, "softcap_scores": 0}
     if layout.remat == "full":
         return {**zero, "norm_in": d / sp}
     # dots
@@ -382,11 +388,22 @@ def _resolve_layout(layout, *, chips, dtype, param_dtype, master_weights, remat,
 
 
 def kv_cache_bytes(cfg: TransformerConfig, *, batch_size=1, seq_len=None, dtype: str = "bf16"):
-    """Inference KV cache: keys and values of every layer, 2 L K hd per token (GQA-aware)."""
+    """Inference KV cache: keys and values of every layer, 2 L K hd per token (GQA-aware). A
+    windowed layer (``cfg.sliding_window``) keeps only its last ``sliding_window`` tokens
+    (Mistral's rolling buffer cache, Jiang et al. 2023, §2)."""
     require_config(cfg)
     seq_len = cfg.seq_len if seq_len is None else seq_len
     for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
         check_size(name, v)
+    if cfg.sliding_window is not None:
+        import jax.numpy as jnp
+
+        kept = (min(seq_len, cfg.sliding_window) if isinstance(seq_len, int)
+                else jnp.minimum(seq_len, cfg.sliding_window))
+        windowed = cfg.n_windowed_layers
+        layer_tokens = (cfg.n_layers - windowed) * seq_len + windowed * kept
+        return (2 * cfg.resolved_n_kv_heads * cfg.resolved_head_dim * batch_size * layer_tokens
+                * _dtype_bytes("dtype", dtype))
     return (2 * cfg.n_layers * cfg.resolved_n_kv_heads * cfg.resolved_head_dim * batch_size * seq_len
             * _dtype_bytes("dtype", dtype))
 

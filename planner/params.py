@@ -15,8 +15,8 @@ from models.config import OPTIONAL_SIZE_FIELDS, SIZE_FIELDS, TransformerConfig, 
 
 #: Component names, in the order of the forward pass. Every count has all of them (0 if absent).
 PARAM_COMPONENTS = (
-    "embedding", "position", "attn_norm", "q", "k", "v", "attn_out",
-    "mlp_norm", "mlp_in", "mlp_gate", "mlp_out", "final_norm", "head",
+    "embedding", "position", "attn_norm", "q", "k", "v", "qk_norm", "attn_out", "attn_post_norm",
+    "mlp_norm", "mlp_in", "mlp_gate", "mlp_out", "mlp_post_norm", "final_norm", "head",
 )
 #: The components that count as embedding parameters (Kaplan et al. 2020 exclude these from N).
 EMBEDDING_COMPONENTS = ("embedding", "position", "head")
@@ -69,9 +69,21 @@ def _linear(n_in, n_out, bias: bool):
     return n_in * n_out + (n_out if bias else 0)
 
 
-def _norm(cfg: TransformerConfig):
-    # LayerNorm: scale and (with bias) shift; RMSNorm: scale only.
-    return 2 * cfg.d_model if cfg.norm == "layernorm" and cfg.bias else cfg.d_model
+def _norm(cfg: TransformerConfig, width=None):
+    # LayerNorm: scale and (with bias) shift; RMSNorm: scale only. (1 + scale) norms: the same.
+    width = cfg.d_model if width is None else width
+    return 2 * width if cfg.norm == "layernorm" and cfg.resolved_norm_bias else width
+
+
+def _qk_norm(cfg: TransformerConfig):
+    """QK-norm parameters of one layer: two head_dim norms ("head"), or norms over the whole
+    q (n_heads * head_dim) and k (n_kv_heads * head_dim) projections ("full", OLMo 2)."""
+    hd = cfg.resolved_head_dim
+    if cfg.qk_norm == "head":
+        return 2 * _norm(cfg, hd)
+    if cfg.qk_norm == "full":
+        return _norm(cfg, cfg.n_heads * hd) + _norm(cfg, cfg.resolved_n_kv_heads * hd)
+    return 0
 
 
 def param_components(cfg: TransformerConfig) -> dict[str, Any]:
@@ -84,24 +96,29 @@ def param_components(cfg: TransformerConfig) -> dict[str, Any]:
     d, n_layers, ff = cfg.d_model, cfg.n_layers, cfg.d_ff
     q_width = cfg.n_heads * cfg.resolved_head_dim
     kv_width = cfg.resolved_n_kv_heads * cfg.resolved_head_dim
-    qkv_bias = cfg.resolved_qkv_bias
+    qkv_bias, mlp_bias = cfg.resolved_qkv_bias, cfg.resolved_mlp_bias
+    pre = cfg.norm_placement != "post"  # OLMo 2 has no pre-norms
+    post = cfg.norm_placement != "pre"  # sandwich and post: a norm after each sublayer
     per_layer = {
-        "attn_norm": _norm(cfg),
+        "attn_norm": _norm(cfg) if pre else 0,
         "q": _linear(d, q_width, qkv_bias),
         "k": _linear(d, kv_width, qkv_bias),
         "v": _linear(d, kv_width, qkv_bias),
+        "qk_norm": _qk_norm(cfg),
         "attn_out": _linear(q_width, d, cfg.bias),
-        "mlp_norm": _norm(cfg),
-        "mlp_in": _linear(d, ff, cfg.bias),
-        "mlp_gate": _linear(d, ff, cfg.bias) if cfg.gated else 0,
-        "mlp_out": _linear(ff, d, cfg.bias),
+        "attn_post_norm": _norm(cfg) if post else 0,
+        "mlp_norm": _norm(cfg) if pre and not cfg.shared_norm else 0,
+        "mlp_in": _linear(d, ff, mlp_bias),
+        "mlp_gate": _linear(d, ff, mlp_bias) if cfg.gated else 0,
+        "mlp_out": _linear(ff, d, mlp_bias),
+        "mlp_post_norm": _norm(cfg) if post else 0,
     }
     comps = {
         "embedding": cfg.vocab_size * d,
         "position": cfg.seq_len * d if cfg.position == "learned" else 0,
         **{name: n_layers * n for name, n in per_layer.items()},
         "final_norm": _norm(cfg),
-        "head": 0 if cfg.tied_embeddings else cfg.vocab_size * d,
+        "head": 0 if cfg.tied_embeddings else _linear(d, cfg.vocab_size, cfg.head_bias),
     }
     return {name: comps[name] for name in PARAM_COMPONENTS}
 

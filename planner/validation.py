@@ -18,7 +18,9 @@ from flax import nnx
 
 from models.config import TransformerConfig
 from models.train import abstract_model, adamw, train_step
-from planner.flops import FLOP_COMPONENTS, MATMUL_COMPONENTS, xla_optimizer_flops, count_flops
+from planner.flops import (
+    FLOP_COMPONENTS, MATMUL_COMPONENTS, count_flops, layer_norm_elements, xla_optimizer_flops,
+)
 from planner.hlo import Cost, HloSummary, cost_of, parse_hlo
 
 VALIDATE_MODES = ("forward", "train")
@@ -164,8 +166,8 @@ def _scan_adjusted(cfg: TransformerConfig, batch_size: int, seq_len: int, mode: 
         one_opt, one_opt_t = xla_optimizer_flops(one)
         comps["optimizer"] += full_opt - one_opt
         trans += full_opt_t - one_opt_t
-        if cfg.norm == "rmsnorm":
-            comps["norms"] += 2 * batch_size * seq_len * cfg.d_model
+        if cfg.norm == "rmsnorm":  # 2 x tokens x d_model for the two norms of a Llama block
+            comps["norms"] += layer_norm_elements(cfg, batch_size * seq_len)
     loops = 2 if mode == "forward" else 6
     dots = count_flops(one, batch_size=batch_size, seq_len=seq_len, mode=mode, convention="fma")
     return comps, trans, dots.components, loops
@@ -258,7 +260,7 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
             f"every layer counted, the program does {float(full.total):.4g} FLOPs"
         )
         notes.append(f"the loop counters add {loop_flops} FLOPs"
-                     + ("; the scanned RMSNorm's backward recomputes 2 x tokens x d_model"
+                     + ("; the scanned RMSNorm's backward recomputes each normalised element once"
                         if mode == "train" and cfg.norm == "rmsnorm" else ""))
     else:
         comps, trans, dot_comps = dict(full.components), full.transcendentals, dict(full_dots.components)
@@ -730,3 +732,29 @@ def _cpu_mesh_subprocess(cfg, layout, batch_size, seq_len, n, dtype):
             raise ValueError(f"the {n}-device CPU compile failed: {run.stderr.strip().splitlines()[-1:]}")
         data = json.loads(out.read_text())
     return data["text"], data["memory"], "cpu"
+def architecture_grid() -> list[tuple[str, TransformerConfig, int, int]]:
+    """Small configs shaped like each public family (models.hf), every architecture option in
+    at least one: (label, config, batch_size, seq_len). Windows are shorter than the sequence."""
+    base = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, d_ff=72, seq_len=16, position="rope")
+    rms = dict(norm="rmsnorm", bias=False)
+    grid = [
+        ("gptj", dict(bias=False, norm_bias=True, mlp_bias=True, head_bias=True, tied_embeddings=False,
+                      parallel_residual=True, shared_norm=True, rotary_fraction=0.5)),
+        ("neox", dict(parallel_residual=True, rotary_fraction=0.25, mlp="gelu_exact", d_model=64)),
+        ("gemma2", dict(rms, mlp="geglu", n_kv_heads=2, head_dim=12, embed_scale=True,
+                        norm_placement="sandwich", norm_offset=True, attn_softcap=5.0, final_softcap=3.0,
+                        sliding_window=4, global_every=2)),
+        ("gemma3", dict(rms, mlp="geglu", n_layers=3, n_kv_heads=1, head_dim=16, embed_scale=True,
+                        norm_placement="sandwich", norm_offset=True, qk_norm="head", sliding_window=3,
+                        global_every=3)),
+        ("olmo2", dict(rms, mlp="swiglu", n_kv_heads=2, tied_embeddings=False, norm_placement="post",
+                       qk_norm="full")),
+        ("falcon", dict(bias=False, norm_bias=True, n_kv_heads=1, mlp="gelu_exact", parallel_residual=True,
+                        shared_norm=True)),
+        ("nemotron", dict(bias=False, norm_offset=True, norm_bias=True, mlp="relu2", rotary_fraction=0.5,
+                          n_kv_heads=2, tied_embeddings=False)),
+        ("mistral", dict(rms, mlp="swiglu", n_kv_heads=2, sliding_window=5, tied_embeddings=False)),
+        ("starcoder2", dict(n_kv_heads=2, sliding_window=6, mlp="gelu")),
+        ("qwen3", dict(rms, mlp="swiglu", n_kv_heads=2, head_dim=16, qk_norm="head")),
+    ]
+    return [(label, TransformerConfig(**(base | kw)), 1 + i % 2, 8 + 4 * (i % 2)) for i, (label, kw) in enumerate(grid)]

@@ -53,3 +53,31 @@ def examples(quick: int, thorough: int) -> int:
     """max_examples for a property test that builds or compiles a model per example: ``quick``
     under the default profile, ``thorough`` under HYPOTHESIS_PROFILE=thorough."""
     return thorough if PROFILE == "thorough" else quick
+@st.composite
+def arch_configs(draw, *, max_width: int = 48, max_layers: int = 3) -> TransformerConfig:
+    """A random valid config with the architecture options of the public families drawn too
+    (norm placement, (1 + scale) norms, separate biases, QK-norm, parallel residual, partial
+    rotary, sliding windows, soft-caps, every MLP)."""
+    cfg = draw(configs(max_width=max_width, max_layers=max_layers))
+    placement = draw(st.sampled_from(["pre", "sandwich", "post"]))
+    parallel = placement == "pre" and draw(st.booleans())
+    changes = dict(
+        mlp=draw(st.sampled_from(["gelu", "swiglu", "geglu", "gelu_exact", "relu2"])),
+        norm_placement=placement,
+        norm_offset=draw(st.booleans()),
+        norm_bias=draw(st.sampled_from([None, True, False])),
+        mlp_bias=draw(st.sampled_from([None, True, False])),
+        qk_norm=draw(st.sampled_from([None, "head", "full"])),
+        parallel_residual=parallel,
+        shared_norm=parallel and draw(st.booleans()),
+        attn_softcap=draw(st.sampled_from([None, 2.5])),
+        final_softcap=draw(st.sampled_from([None, 7.0])),
+    )
+    if not cfg.tied_embeddings:
+        changes["head_bias"] = draw(st.booleans())
+    if cfg.position == "rope" and cfg.resolved_head_dim % 4 == 0 and draw(st.booleans()):
+        changes["rotary_fraction"] = 0.5
+    if draw(st.booleans()):
+        changes["sliding_window"] = draw(st.integers(1, 8))
+        changes["global_every"] = draw(st.sampled_from([None, 2, 3]))
+    return cfg.replace(**changes)

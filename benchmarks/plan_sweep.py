@@ -30,7 +30,7 @@ if __name__ == "__main__":
                 except ValueError as e:
                     print(f"{hw:10s} {chips:6d} {days:4g}d  NO PLAN: {e}")
                     continue
-                L = p.layout
+                L = p.layout_result
                 print(f"{hw:10s} {chips:6d} {days:4g}d  {p.params / 1e9:8.2f}B params {p.tokens / 1e9:9.0f}B tokens "
                       f"MFU {100 * p.mfu:5.1f}% step {p.step_time:7.3f}s bubble {L.bubble_time:.3f}s "
                       f"mem {L.memory_per_chip / 1e9:5.1f}GB  {L.layout.to_string()}  ({time.perf_counter() - t:.0f}s)",

@@ -467,7 +467,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         if layout is None or not unsupported_layout_fields(layout):
             return _validate_target(args, cfg)
-    if layout is not None and bool(args.target) == bool(args.devices):
+    if layout is not None and not args.target and not args.devices:
+        raise UsageError("--layout needs --target (a compile-only chip, e.g. tpu-v5p:2x2x2) or --devices N "
+                         "(a simulated CPU mesh) to shard over")
+    if layout is not None and args.target and args.devices:
         raise UsageError("with --layout give one of --target (e.g. tpu-v5p:2x2x2) or --devices N (a CPU mesh)")
     try:
         r = validate(cfg, batch_size=_batch(args), seq_len=args.seq, mode=args.mode or "forward",
@@ -485,6 +488,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _target_validation_text(name: str, v) -> str:
+    from planner.targets import TARGET_FLOP_TOLERANCE
+
     r, p = v.report, v.program
     lay = p.layout.to_string() or "one device"
     lines = [f"{name} on {r.target['name']} ({r.device_kind}, compile-only): {p.mode}, batch {p.batch_size} x "
@@ -522,8 +527,13 @@ def _target_validation_text(name: str, v) -> str:
     if r.optimal_seconds is not None:
         lines.append(f"optimal_seconds: {r.optimal_seconds:.4g} s (XLA's TPU cost model)")
     lines += ["", "notes:"] + [f"- {n}" for n in v.notes] + [""]
-    lines.append(f"verdict: {'OK' if v.ok else 'OUTSIDE TOLERANCE'} (dot FLOPs exact, argument bytes exact"
-                 + (", FLOPs within 1%)" if r.flops is not None else ")"))
+    total = ""
+    if v.total_within_tolerance is not None:
+        total = (f"; total FLOPs {v.flops_rel_error:+.2%}, "
+                 + (f"within the {TARGET_FLOP_TOLERANCE:.0%} the compiler's fusions add at micro sizes"
+                    if v.total_within_tolerance else
+                    f"more than the {TARGET_FLOP_TOLERANCE:.0%} expected of the compiler's fusions: see the components"))
+    lines.append(f"verdict: {'OK' if v.ok else 'OUTSIDE TOLERANCE'} (dot FLOPs exact, argument bytes exact{total})")
     return "\n".join(lines)
 
 

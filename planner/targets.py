@@ -675,8 +675,13 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------------------------------------
 # The closed form next to the target's compiler
 
-#: `TargetValidation.ok` tolerance on total FLOPs (relative; TPU, which reports them).
-TARGET_FLOP_TOLERANCE = 0.01
+#: Expected bound on the total FLOPs' excess (relative; TPU, which reports them). The dots
+#: are exact; the TPU compiler's fusions recompute elementwise work inside them (softmax,
+#: activation, norms and loss count 25-60% more than the lowered program), which at the micro
+#: sizes of the tests is +1.1% to +2.1% of the total (benchmarks/target_validation.py, 8 configs
+#: x 2 layouts); `validate --target` shows it per component. Not fitted: a stated bound above
+#: that spread, which shrinks as the matmuls grow.
+TARGET_FLOP_TOLERANCE = 0.03
 
 
 def closed_form_argument_bytes(program: ModelProgram) -> int:
@@ -744,10 +749,16 @@ class TargetValidation:
 
     @property
     def ok(self) -> bool:
-        """Dot FLOPs exact, argument bytes exact (before the layout's tile padding), and, where
-        the compiler counts FLOPs, the total within `TARGET_FLOP_TOLERANCE`."""
+        """Dot FLOPs exact and argument bytes exact (before the layout's tile padding). The
+        total is compared, not gated: the optimised program is not the lowered one the "xla"
+        convention describes (`total_within_tolerance`, `TARGET_FLOP_TOLERANCE`)."""
+        return self.dots_exact and self.argument_bytes_exact
+
+    @property
+    def total_within_tolerance(self) -> bool | None:
+        """Total FLOPs within `TARGET_FLOP_TOLERANCE` of the closed form (None: no cost analysis)."""
         err = self.flops_rel_error
-        return self.dots_exact and self.argument_bytes_exact and (err is None or abs(err) <= TARGET_FLOP_TOLERANCE)
+        return None if err is None else abs(err) <= TARGET_FLOP_TOLERANCE
 
     def to_dict(self) -> dict[str, Any]:
         num = lambda x: x if isinstance(x, int) else float(x)  # noqa: E731
@@ -763,7 +774,7 @@ class TargetValidation:
             "components": {k: {"predicted": num(c.predicted), "predicted_dots": num(c.predicted_dots),
                                "hlo_dots": c.hlo_dots, "hlo_elementwise": c.hlo_elementwise}
                            for k, c in self.components.items()},
-            "ok": self.ok, "notes": list(self.notes),
+            "ok": self.ok, "total_within_tolerance": self.total_within_tolerance, "notes": list(self.notes),
         }
 
 

@@ -206,6 +206,9 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
       A `ValidationReport`; with ``target``, a `planner.targets.TargetValidation` (the
       compiler's per-device numbers beside the closed form).
     """
+    if layout is not None and target is None and devices is None:
+        raise ValueError("layout= needs target= (a compile-only TPU or GPU target, e.g. 'tpu-v5p:2x2x2') "
+                         "or devices= (N simulated CPU devices) to shard over")
     if layout is not None:  # bad layouts fail before any compile
         from models.layout import Layout
 

@@ -15,8 +15,9 @@ CELLS = [(hw, chips, 7) for hw in HARDWARE for chips in CHIPS] + [("h100", 512, 
 def _check(hw, chips, days):
     spec = hardware.get(hw)
     p = plan(hardware=hw, chips=chips, days=days, steps=100)
-    lay = p.layout
-    assert lay is not None and lay.layout.chips == chips
+    lay = p.layout_result  # the layout search's best (p.layout is its Layout)
+    assert lay is not None and lay.layout == p.layout and lay.layout.chips == chips
+    assert p.memory_per_chip <= spec.hbm_bytes  # estimate_memory's breakdown of that layout
     lay.layout.check(p.config, batch_size=p.batch_size, seq_len=p.config.seq_len)
     assert p.config.n_heads % lay.layout.tp == 0 and p.config.d_ff % lay.layout.tp == 0
     assert p.config.n_layers % (lay.layout.pp * lay.layout.virtual_stages) == 0
@@ -32,6 +33,6 @@ def _check(hw, chips, days):
 def test_every_chip_count_plans(hw):
     plans = [_check(h, c, d) for h, c, d in CELLS if h == hw]
     if hw == "h100":  # more days on the same chips: more compute, a bigger model
-        by_days = {p.days: p.params for p in plans if p.layout.layout.chips == 512}
+        by_days = {p.days: p.params for p in plans if p.layout.chips == 512}
         sizes = [by_days[d] for d in sorted(by_days)]
         assert sizes == sorted(sizes) and sizes[0] < sizes[-1]

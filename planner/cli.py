@@ -947,8 +947,16 @@ def _plan_kwargs(args: argparse.Namespace) -> dict:
     return kw
 
 
-_MEMORY_ASSUMES = ("parameters, gradients and AdamW state sharded over the chips (FSDP), fp32 parameters, "
-                   "activations of one micro-batch, no rematerialisation")
+def _memory_assumes(layout) -> str:
+    """What a plan's memory figure assumes, from its layout (the breakdown below it has each term)."""
+    if layout is None:
+        return "no layout"
+    state = (f"parameters, gradients and AdamW state sharded over fsdp={layout.fsdp}"
+             + (f", optimizer state also over dp={layout.dp}" if layout.optimizer_sharding else "")
+             + (f", weights over tp={layout.tp}" if layout.tp > 1 else "")
+             + (f", layers over pp={layout.pp}" if layout.pp > 1 else ""))
+    return (f"{state}; {layout.param_dtype} parameters{' with an fp32 master copy' if layout.master_fp32 else ''}; "
+            f"activations of one micro-batch, {layout.attention} attention, remat={layout.remat}")
 
 
 def _plan_hardware(p, args) -> dict | None:
@@ -957,14 +965,16 @@ def _plan_hardware(p, args) -> dict | None:
         return None
     import hardware
 
-    per_chip = p.batch_size // args.chips
+    # sequences per data-parallel replica (tp and pp chips share a replica's sequences)
+    per_chip = p.batch_size // (p.layout.data_parallel if p.layout is not None else args.chips)
     return {"target": hardware.get(args.hardware).name, "chips": args.chips, "dtype": args.dtype or "bf16",
-            "mfu_given": args.mfu, "step_time_from": "the given MFU" if args.mfu is not None else "the roofline",
+            "mfu_given": args.mfu, "step_time_from": "the given MFU" if args.mfu is not None else
+            "the cluster step time of the layout (planner.timing.cluster_step)",
             "max_memory_per_chip": args.max_memory if args.max_memory is not None
             else hardware.get(args.hardware).hbm_bytes,
             "sequences_per_chip": per_chip, "micro_batch": p.micro_batch,
             "accumulation_steps": per_chip // p.micro_batch if p.micro_batch else None,
-            "memory_assumes": _MEMORY_ASSUMES}
+            "memory_assumes": _memory_assumes(p.layout)}
 
 
 def _plan_json(p, args=None) -> dict:
@@ -1021,9 +1031,9 @@ def _plan_text(p, args=None) -> str:
         lines.extend(memory_lines(p.memory))
     if hw is not None:
         lines.insert(5, f"            {hw['chips']} x {hw['target']}, {hw['dtype']}, step time from "
-                        f"{hw['step_time_from']}; {hw['sequences_per_chip']} sequences/chip in micro-batches of "
+                        f"{hw['step_time_from']}; {hw['sequences_per_chip']} sequences per replica in micro-batches of "
                         f"{hw['micro_batch']} ({hw['accumulation_steps']} accumulation steps); memory: "
-                        f"{_MEMORY_ASSUMES}, limit {human(hw['max_memory_per_chip'], 'B')}")
+                        f"{hw['memory_assumes']}; limit {human(hw['max_memory_per_chip'], 'B')}")
     lines += [f"note: {n}" for n in p.notes]
     return "\n".join(lines)
 

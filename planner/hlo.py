@@ -1,6 +1,7 @@
 """Reading XLA's view of a program: its cost analysis, and the dot instructions of its HLO text.
 
-`cost_of` reads ``cost_analysis()`` robustly across jax versions and stages. `parse_hlo` walks
+`cost_of` reads ``cost_analysis()`` robustly across jax versions and stages; `parse_collectives`
+reads the collectives of a partitioned module (with loop trip counts and mesh axes). `parse_hlo` walks
 HLO text (lowered or compiled) and sums 2 * |output| * |contracting dims| over every ``dot``
 (xla/service/hlo_cost_analysis.cc, HandleDot), attributing each to the FLOP component named in its ``op_name`` metadata
 (`models.Transformer` tags its ops with ``jax.named_scope``), and notes while loops and custom
@@ -283,19 +284,7 @@ def elementwise_flops_by_component(text: str) -> dict[str | None, int]:
     compare and select included, transcendentals not), and for a reduction the reduced
     elements times its reducer's ops (an all-reduce: its output elements). A loop body counts
     once; reducer computations only through their callers."""
-    computations: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        if current is None:
-            m = _HEADER.match(line)
-            if m and not line.lstrip().startswith("HloModule"):
-                current = m.group(2)
-                computations[current] = []
-            continue
-        if line.strip() == "}":
-            current = None
-            continue
-        computations[current].append(line)
+    computations, _ = _split_computations(text)
 
     def opcode(call: str) -> str:
         return call.partition("(")[0].strip()
@@ -538,6 +527,7 @@ def _trip_count(line: str, computations: dict[str, list[str]]) -> int | None:
 
 
 def _split_computations(text: str) -> tuple[dict[str, list[str]], str | None]:
+    """An HLO module's text as {computation name: its instruction lines}, and the entry's name."""
     computations: dict[str, list[str]] = {}
     current, entry = None, None
     for line in text.splitlines():

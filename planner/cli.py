@@ -966,14 +966,14 @@ def _plan_hardware(p, args) -> dict | None:
     import hardware
 
     # sequences per data-parallel replica (tp and pp chips share a replica's sequences)
-    per_chip = p.batch_size // (p.layout.data_parallel if p.layout is not None else args.chips)
+    per_replica = p.batch_size // (p.layout.data_parallel if p.layout is not None else args.chips)
     return {"target": hardware.get(args.hardware).name, "chips": args.chips, "dtype": args.dtype or "bf16",
             "mfu_given": args.mfu, "step_time_from": "the given MFU" if args.mfu is not None else
             "the cluster step time of the layout (planner.timing.cluster_step)",
             "max_memory_per_chip": args.max_memory if args.max_memory is not None
             else hardware.get(args.hardware).hbm_bytes,
-            "sequences_per_chip": per_chip, "micro_batch": p.micro_batch,
-            "accumulation_steps": per_chip // p.micro_batch if p.micro_batch else None,
+            "sequences_per_replica": per_replica, "micro_batch": p.micro_batch,
+            "accumulation_steps": per_replica // p.micro_batch if p.micro_batch else None,
             "memory_assumes": _memory_assumes(p.layout)}
 
 
@@ -1031,7 +1031,7 @@ def _plan_text(p, args=None) -> str:
         lines.extend(memory_lines(p.memory))
     if hw is not None:
         lines.insert(5, f"            {hw['chips']} x {hw['target']}, {hw['dtype']}, step time from "
-                        f"{hw['step_time_from']}; {hw['sequences_per_chip']} sequences per replica in micro-batches of "
+                        f"{hw['step_time_from']}; {hw['sequences_per_replica']} sequences per replica in micro-batches of "
                         f"{hw['micro_batch']} ({hw['accumulation_steps']} accumulation steps); memory: "
                         f"{hw['memory_assumes']}; limit {human(hw['max_memory_per_chip'], 'B')}")
     lines += [f"note: {n}" for n in p.notes]

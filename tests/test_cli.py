@@ -169,9 +169,13 @@ def test_plan_prints_what_the_figures_depend_on(cli):
     hw = data["hardware"]
     assert hw["target"] == "h100-sxm" and hw["chips"] == 8 and hw["dtype"] == "bf16" and hw["mfu_given"] == 0.4
     assert data["micro_batch"] == hw["micro_batch"] >= 1
-    assert hw["sequences_per_chip"] * 8 == data["batch_size"]
-    assert hw["accumulation_steps"] * hw["micro_batch"] == hw["sequences_per_chip"]
-    assert hw["max_memory_per_chip"] == 80e9 and "FSDP" in hw["memory_assumes"]
+    from models import Layout
+
+    lay = Layout.parse(data["layout"])
+    assert lay.chips == 8 and hw["sequences_per_replica"] * lay.data_parallel == data["batch_size"]
+    assert hw["accumulation_steps"] * hw["micro_batch"] == hw["sequences_per_replica"]
+    assert hw["max_memory_per_chip"] == 80e9
+    assert f"fsdp={lay.fsdp}" in hw["memory_assumes"] and f"remat={lay.remat}" in hw["memory_assumes"]
     code, out, _ = cli("plan", "--hardware", "h100", "--chips", "8", "--days", "1", "--mfu", "0.4")
     assert f"micro-batches of {hw['micro_batch']} ({hw['accumulation_steps']} accumulation steps)" in out
     assert "step time from the given MFU" in out

@@ -176,21 +176,7 @@ def _dims(type_str: str) -> list[int] | None:
 def parse_hlo(text: str) -> HloSummary:
     """Dots, loops and custom calls of an HLO module's text (``as_text(dialect="hlo",
     debug_info=True)`` for a lowered program, ``compiled.as_text()`` for a compiled one)."""
-    computations: dict[str, list[str]] = {}
-    current = entry = None
-    for line in text.splitlines():
-        if current is None:
-            m = _HEADER.match(line)
-            if m and not line.lstrip().startswith("HloModule"):
-                current = m.group(2)
-                computations[current] = []
-                entry = current if m.group(1) else entry
-            continue
-        if line.strip() == "}":
-            current = None
-            continue
-        computations[current].append(line)
-
+    computations, entry = _split_computations(text)
     calls: dict[str, set[str]] = {c: set() for c in computations}
     sites: dict[str, list[str]] = {c: [] for c in computations}  # callee of every call site
     loop_roots: set[str] = set()

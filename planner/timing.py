@@ -406,7 +406,6 @@ def _memory_per_chip(cfg, local, x, mb, s_loc, p_chip, opt_share, m):
     in flight on the first stage (min(pp, m) under 1F1B; Narayanan et al. 2021 Sec. 2.2), logits."""
     pb = x["param_bytes"]
     states = p_chip * 2 * pb + p_chip / opt_share * (8 + 4 * x["master"])
-    act_name = {1: "bf16", 2: "bf16", 4: "fp32"}
     full = _dot_activation_bytes(local, mb, s_loc) * x["act_bytes"] / 2
     own = 3 * mb * local.n_heads * s_loc * s_loc * x["act_bytes"]  # the scores `full` counts
     no_scores = full - own
@@ -417,7 +416,6 @@ def _memory_per_chip(cfg, local, x, mb, s_loc, p_chip, opt_share, m):
     in_flight = jnp.minimum(x["pp"], m) * (1.0 + (x["v"] > 1) * (x["pp"] - 1) / (x["pp"] * x["v"]))
     acts = local.n_layers * kept * in_flight + jnp.where(x["remat"] == 3, full, 0.0)
     logits = 10 * mb * s_loc * local.vocab_size
-    del act_name
     return states + acts + logits
 
 

@@ -169,3 +169,66 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: int
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size={block_size!r}: must be a positive int")
     return _flash(q, k, v, block_size)
+
+
+# ----------------------------------------------------------------------------- kernels
+#: Flash-attention implementations (`models.Layout.flash_kernel`): "jax" is this module's
+#: blockwise kernel (runs anywhere; XLA sees and counts its ops); "pallas" is JAX's Pallas TPU
+#: kernel (`jax.experimental.pallas.ops.tpu.flash_attention`; a Mosaic custom call, so it needs a
+#: TPU backend: a real chip or the compile-only libtpu target).
+FLASH_KERNELS = ("jax", "pallas")
+
+
+def pallas_block_sizes(t: int, block_size: int = DEFAULT_BLOCK):
+    """The Pallas TPU kernel's blocks for a sequence of ``t``: every query and key block (forward,
+    dK/dV and dQ passes) ``block_size_for(t, block_size)``, batch block 1 (MaxText's form)."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as tpu
+
+    blk = block_size_for(t, block_size)
+    if blk % 128 and blk != t:
+        raise ValueError(f"flash_kernel='pallas': the sequence {t} has no block that is a multiple of 128 "
+                         f"and at most {block_size}; use a sequence divisible by 128 or flash_kernel='jax'")
+    return tpu.BlockSizes(block_q=blk, block_k_major=blk, block_k=blk, block_b=1,
+                          block_q_major_dkv=blk, block_k_major_dkv=blk, block_k_dkv=blk, block_q_dkv=blk,
+                          block_k_major_dq=blk, block_k_dq=blk, block_q_dq=blk)
+
+
+def _pallas_local(q, k, v, block_size):
+    """The Pallas TPU kernel on one device's shard: q (b, t, kv, g, hd), k/v (b, t, kv, hd).
+
+    The kernel takes (batch, heads, seq, head_dim) with as many key heads as query heads, so
+    grouped keys and values are repeated over their groups (the kernel then keeps the repeated
+    copies as residuals: H hd each per token, not K hd)."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as tpu
+
+    b, t, kvh, g, hd = q.shape
+    heads = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  (b, t, h, hd) <-> (b, h, t, hd)
+    qh = heads(q.reshape(b, t, kvh * g, hd))
+    kh, vh = (heads(jnp.repeat(x, g, axis=2)) for x in (k, v))
+    out = tpu.flash_attention(qh, kh, vh, causal=True, sm_scale=1.0 / math.sqrt(hd),
+                              block_sizes=pallas_block_sizes(t, block_size))
+    return heads(out).reshape(b, t, kvh, g, hd)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kernel: str = "jax",
+              block_size: int = DEFAULT_BLOCK) -> jax.Array:
+    """Causal flash attention by ``kernel`` (`FLASH_KERNELS`), shapes as `flash_attention`.
+
+    Inside `models.sharding.activation_sharding` the Pallas kernel runs under ``shard_map``
+    (each device attends its batch and head shard; the sequence must be whole: no cp)."""
+    if kernel == "jax":
+        return flash_attention(q, k, v, block_size=block_size)
+    if kernel != "pallas":
+        raise ValueError(f"flash kernel {kernel!r}: unknown; valid: {', '.join(FLASH_KERNELS)}")
+    from models.sharding import active_mesh, activation_spec
+
+    active = active_mesh()
+    if active is None:
+        return _pallas_local(q, k, v, block_size)
+    mesh, layout = active
+    if layout.cp > 1:
+        raise ValueError(f"flash_kernel='pallas' needs whole sequences per device; layout has cp={layout.cp} "
+                         "(use flash_kernel='jax' with context parallelism)")
+    qs, ks = activation_spec("query", layout), activation_spec("kv", layout)
+    fn = functools.partial(_pallas_local, block_size=block_size)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(qs, ks, ks), out_specs=qs, check_vma=False)(q, k, v)

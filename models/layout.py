@@ -38,6 +38,9 @@ from typing import Any
 
 REMAT_POLICIES = ("none", "full", "selective", "dots")
 ATTENTION_KINDS = ("dot", "flash")
+#: Flash-attention kernels (models.flash.FLASH_KERNELS): the model's blockwise JAX kernel, or the
+#: Pallas TPU kernel.
+FLASH_KERNELS = ("jax", "pallas")
 DTYPES = ("fp32", "bf16", "fp16", "fp8")
 PIPELINE_SCHEDULES = ("1f1b", "gpipe", "interleaved")
 
@@ -48,6 +51,7 @@ _BOOL_FIELDS = ("sequence_parallel", "optimizer_sharding", "master_fp32", "tp_ov
 _CHOICE_FIELDS = {
     "remat": REMAT_POLICIES,
     "attention": ATTENTION_KINDS,
+    "flash_kernel": FLASH_KERNELS,
     "dtype": DTYPES,
     "param_dtype": DTYPES,
     "schedule": PIPELINE_SCHEDULES,
@@ -84,6 +88,9 @@ class Layout:
       dp_overlap: the data-parallel gradient reduction is bucketed and overlapped with the
         backward pass (PyTorch DDP buckets, Megatron-core ``overlap_grad_reduce``); otherwise it
         runs after the backward pass.
+      flash_kernel: with attention="flash", the kernel: "jax" (`models.flash`, blockwise JAX,
+        runs anywhere) or "pallas" (JAX's Pallas TPU kernel; TPU backends only, including the
+        compile-only libtpu target).
     """
 
     remat: str = "none"
@@ -104,6 +111,7 @@ class Layout:
     ep: int = 1
     tp_overlap: bool = False
     dp_overlap: bool = False
+    flash_kernel: str = "jax"
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -124,6 +132,9 @@ class Layout:
             raise ValueError(
                 f"Layout schedule='interleaved' needs virtual_stages >= 2 (got {self.virtual_stages})"
             )
+        if self.flash_kernel != "jax" and self.attention != "flash":
+            raise ValueError(f"Layout flash_kernel={self.flash_kernel!r} needs attention='flash' "
+                             f"(got attention={self.attention!r}); add attention=flash or drop flash_kernel")
         if self.virtual_stages > 1 and self.pp == 1:
             raise ValueError(f"Layout virtual_stages={self.virtual_stages} needs pp > 1")
         if (self.dp * self.fsdp) % self.ep != 0:

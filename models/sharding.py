@@ -167,6 +167,11 @@ def activation_spec(kind: str, layout: Layout) -> P:
     raise ValueError(f"activation kind {kind!r} unknown; valid: residual, block_input, hidden, query, kv, logits, table")
 
 
+def active_mesh() -> tuple[Mesh, Layout] | None:
+    """The (mesh, layout) of the enclosing `activation_sharding`, or None outside one."""
+    return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, kind: str) -> jax.Array:
     """``with_sharding_constraint`` of activation ``kind`` inside `activation_sharding`; else x."""
     active = _ACTIVE.get()

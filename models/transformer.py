@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.config import TransformerConfig
-from models.flash import flash_attention
+from models.flash import attention as flash_kernel_attention
 from models.layout import Layout
 from models.sharding import constrain
 
@@ -116,6 +116,7 @@ class Attention(nnx.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = h, kv, hd
         layout = Layout() if layout is None else layout
         self.kind, self.remat = layout.attention, layout.remat
+        self.flash_kernel = layout.flash_kernel
         qkv_bias = cfg.resolved_qkv_bias
         lin = functools.partial(_linear, dtype=dtype, rngs=rngs)
         self.q = lin(cfg.d_model, h * hd, "embed", "heads", bias=qkv_bias)
@@ -171,7 +172,7 @@ class Attention(nnx.Module):
         q, k, v = constrain(q, "query"), constrain(k, "kv"), constrain(v, "kv")
         if self.kind == "flash":
             with scope("flash_attention"):
-                out = flash_attention(q, k, v).reshape(b, t, self.n_heads * hd)
+                out = flash_kernel_attention(q, k, v, kernel=self.flash_kernel).reshape(b, t, self.n_heads * hd)
         else:
             core = functools.partial(_core_attention, softcap_at=self.attn_softcap,
                                      window=(t if window is None else window) if self.windowed else None)

@@ -488,7 +488,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _target_validation_text(name: str, v) -> str:
-    from planner.targets import TARGET_FLOP_TOLERANCE
+    from planner.targets import MEMORY_TOLERANCE, TARGET_FLOP_TOLERANCE
 
     r, p = v.report, v.program
     lay = p.layout.to_string() or "one device"
@@ -520,6 +520,16 @@ def _target_validation_text(name: str, v) -> str:
     lines.append(f"memory/device: arguments {human(m.argument, 'B')}, outputs {human(m.output, 'B')}, "
                  f"temp {human(m.temp, 'B')}, aliased {human(m.alias, 'B')}, peak {human(m.peak, 'B')}; "
                  f"code {human(m.generated_code, 'B')}")
+    if v.predicted_memory is not None:
+        e, err = v.predicted_memory, v.memory_rel_error
+        lines.append(f"memory/device, closed form (planner.memory.estimate_memory, layout "
+                     f"{v.program.layout.to_string() or 'default'}): {human(float(e.total), 'B')} = params "
+                     f"{human(float(e.params), 'B')} + grads {human(float(e.grads), 'B')} + optimizer "
+                     f"{human(float(e.optimizer), 'B')} + activations {human(float(e.activations), 'B')}; "
+                     f"{err:+.1%} of the compiler's peak ("
+                     + ("within" if v.memory_within_tolerance else "outside")
+                     + f" {MEMORY_TOLERANCE:.0%}; micro programs sit below what the TPU compiler keeps in "
+                       "its alternate memory, see README Known limits)")
     coll = ", ".join(f"{c.kind} {c.shape if len(c.shape) < 40 else c.shape[:37] + '...'} {human(c.bytes, 'B')}"
                      for c in r.collectives[:6])
     lines.append(f"collectives: {len(r.collectives)}" + (f" ({coll}{', ...' if len(r.collectives) > 6 else ''})"

@@ -145,6 +145,49 @@ def activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout = Lay
     return out
 
 
+#: How the saved activations are counted: "xla", what the compiled JAX program keeps (XLA fuses
+#: each elementwise op into its consumer and recomputes it there, so norm and activation outputs
+#: are not stored; measured against the TPU compiler's buffer assignment, benchmarks/memory.py),
+#: or "korthikanti", every tensor eager autodiff keeps (PyTorch/Megatron-LM; Korthikanti et al.
+#: 2022, Sec. 4.1).
+BOOKKEEPINGS = ("xla", "korthikanti")
+
+
+def _check_bookkeeping(bookkeeping: str) -> None:
+    if bookkeeping not in BOOKKEEPINGS:
+        raise ValueError(f"bookkeeping={bookkeeping!r}: unknown; valid: {', '.join(map(repr, BOOKKEEPINGS))}")
+
+
+def fused_activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout = Layout(),
+                              dropout: bool = False) -> dict[str, Any]:
+    """Elements per token one layer keeps with no recomputation in a compiled (XLA) step.
+
+    `activation_elements` less what XLA recomputes inside the fusion that consumes it: a norm's
+    output (recomputed from the residual it normalises, inside the q/k/v or MLP matmul's operand
+    fusion), the MLP activation's output (recomputed from the pre-activation inside the down
+    projection's fusion) and QK-norm's output. What stays: the two residual-stream values (2d),
+    q and k, v, the attention output, the MLP's pre-activation(s) (1 ff, or 2 gated), the softmax
+    output (dot attention) or the flash log-sum-exp, and each norm beyond two's input. The
+    Pallas TPU kernel (``flash_kernel="pallas"``) keeps its own residuals
+    (`jax.experimental.pallas.ops.tpu.flash_attention`, ``_flash_attention_fwd``): q, and keys
+    and values repeated to all H heads, in its (batch, heads, seq, head_dim) layout; its output,
+    beside the transposed copy the output projection reads (2 H hd); and the row statistics l
+    and m as the kernel writes them, fp32 broadcast over 128 lanes (``MIN_BLOCK_SIZE``): the
+    residuals slice lane 0, but the custom call's 128-lane outputs stay live (2 x 128 H fp32 per
+    token; the TPU compiler's buffer assignment).
+    """
+    out = activation_elements(cfg, seq_len, layout=layout, dropout=dropout)
+    d, ff = cfg.d_model, cfg.d_ff
+    h, hd = cfg.n_heads, cfg.resolved_head_dim
+    tp, sp = layout.tp, layout.tp if layout.sequence_parallel else 1
+    out = {**out, "norm_out": 0, "mlp": (2 if cfg.gated else 1) * ff / tp, "qk_norm": 0,
+           "extra_norms": d * (cfg.norms_per_layer - 2) / sp}
+    if layout.attention == "flash" and layout.flash_kernel == "pallas":
+        out = {**out, "qk": 2 * h * hd / tp, "v": h * hd / tp, "context": 2 * h * hd / tp,
+               "lse": 2 * 128 * h / tp}
+    return out
+
+
 #: Bytes per element of each activation kind: the compute dtype ("act"), one-byte dropout masks,
 #: the fp32 log-sum-exp of flash attention. The dropped scores: one byte of mask + one of value.
 def _element_bytes(name: str, act: int) -> float:
@@ -158,10 +201,13 @@ def _element_bytes(name: str, act: int) -> float:
 
 
 def saved_activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout = Layout(),
-                              dropout: bool = False) -> dict[str, Any]:
+                              dropout: bool = False, bookkeeping: str = "xla") -> dict[str, Any]:
     """Elements per token one layer keeps for its backward pass under ``layout.remat``.
 
-    - "none": every tensor of `activation_elements`.
+    ``bookkeeping`` (`BOOKKEEPINGS`): "xla" starts from `fused_activation_elements`,
+    "korthikanti" from `activation_elements`; the policies then drop:
+
+    - "none": nothing (every tensor of the starting set).
     - "selective": all but the attention scores, softmax and score-value product's (t x t)
       inputs (Korthikanti et al. 2022, Sec. 5, Table 2: 34 sbh): ``scores`` and ``dropout_scores``.
     - "dots" (``dots_with_no_batch_dims_saveable``): the block input (d), the q/k/v projections
@@ -169,7 +215,9 @@ def saved_activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout
       the saved matmul outputs the recomputation reads. Everything else is recomputed.
     - "full" (``nothing_saveable``): the block input only, d per token (Table 2: 2 sbh).
     """
-    full = activation_elements(cfg, seq_len, layout=layout, dropout=dropout)
+    _check_bookkeeping(bookkeeping)
+    full = (fused_activation_elements if bookkeeping == "xla" else activation_elements)(
+        cfg, seq_len, layout=layout, dropout=dropout)
     d, ff = cfg.d_model, cfg.d_ff
     h, kv, hd = cfg.n_heads, cfg.resolved_n_kv_heads, cfg.resolved_head_dim
     tp, sp = layout.tp, layout.tp if layout.sequence_parallel else 1
@@ -190,7 +238,8 @@ def _bytes(elements: dict[str, Any], tokens, act: int) -> Any:
 
 
 def activation_bytes_per_layer(cfg: TransformerConfig, batch_size, seq_len, *, dtype: str = "fp32",
-                               remat=False, layout: Layout | None = None, dropout: bool = False):
+                               remat=False, layout: Layout | None = None, dropout: bool = False,
+                               bookkeeping: str = "xla"):
     """Bytes one layer keeps for its backward pass, for ``batch_size`` sequences of ``seq_len``.
 
     ``remat``: a policy name of `models.layout.REMAT_POLICIES`, or True for "full" / False for
@@ -201,35 +250,45 @@ def activation_bytes_per_layer(cfg: TransformerConfig, batch_size, seq_len, *, d
         policy = {True: "full", False: "none"}.get(remat, remat) if isinstance(remat, bool) else remat
         layout = Layout(remat=policy, dtype=dtype)
     act = _dtype_bytes("dtype", layout.dtype)
-    return _bytes(saved_activation_elements(cfg, seq_len, layout=layout, dropout=dropout),
+    return _bytes(saved_activation_elements(cfg, seq_len, layout=layout, dropout=dropout, bookkeeping=bookkeeping),
                   batch_size * seq_len, act)
 
 
 def transient_bytes(cfg: TransformerConfig, micro_batch, seq_len, *, layout: Layout,
-                    block_size: int = DEFAULT_BLOCK, dropout: bool = False) -> dict[str, Any]:
+                    block_size: int = DEFAULT_BLOCK, dropout: bool = False,
+                    bookkeeping: str = "xla") -> dict[str, Any]:
     """The peak of the one layer being back-propagated, beyond what every layer keeps (bytes).
 
-    - ``recompute``: what the layer re-materialises before its backward (all of
-      `activation_elements` it did not save; for "selective" the scores again);
-    - ``score_grad``: dot attention: the gradient of the softmax output, one (t x t) tensor per
-      head in the compute dtype (the softmax backward fuses into it);
+    - ``recompute``: what the layer re-materialises before its backward (all of the starting
+      set of `saved_activation_elements` it did not save; for "selective" the scores again);
+    - ``score_grad``: dot attention: (t x t) tensors per head in the compute dtype: "xla" two,
+      the gradient of the softmax output dP and of the scores dS, both live beside P (the TPU
+      compiler's buffer assignment); "korthikanti" one (the softmax backward in place);
     - ``flash``: flash attention's working set (Dao et al. 2022, Algorithm 2): four fp32 score
       blocks (S, P, dP, dS) of block x block per head, the fp32 dQ accumulator (H hd per
       token), the fp32 row statistics D (H per token) and the fp32 dK, dV block accumulators.
+      The Pallas TPU kernel keeps its blocks in VMEM; in HBM its backward pass holds the row
+      statistics broadcast to 128 lanes for its dK/dV and dQ kernels (four 128-lane fp32
+      tensors per head and token, ``MIN_BLOCK_SIZE`` in
+      `jax.experimental.pallas.ops.tpu.flash_attention`) and dQ, dK, dV for all H heads.
     - ``layer_grads``: the residual-stream gradient entering and leaving the layer, 2d per token.
     """
+    _check_bookkeeping(bookkeeping)
     act = _dtype_bytes("dtype", layout.dtype)
     b, s = micro_batch, seq_len / layout.cp
     tokens = b * s
-    full = activation_elements(cfg, seq_len, layout=layout, dropout=dropout)
-    saved = saved_activation_elements(cfg, seq_len, layout=layout, dropout=dropout)
+    full = (fused_activation_elements if bookkeeping == "xla" else activation_elements)(
+        cfg, seq_len, layout=layout, dropout=dropout)
+    saved = saved_activation_elements(cfg, seq_len, layout=layout, dropout=dropout, bookkeeping=bookkeeping)
     recompute = {k: full[k] - saved[k] for k in full}
     h, kv, hd = cfg.n_heads / layout.tp, cfg.resolved_n_kv_heads / layout.tp, cfg.resolved_head_dim
     sp = layout.tp if layout.sequence_parallel else 1
     out = {"recompute": _bytes(recompute, tokens, act), "score_grad": 0, "flash": 0,
            "layer_grads": 2 * tokens * cfg.d_model / sp * act}
     if layout.attention == "dot":
-        out["score_grad"] = tokens * h * seq_len * act
+        out["score_grad"] = (2 if bookkeeping == "xla" else 1) * tokens * h * seq_len * act
+    elif layout.flash_kernel == "pallas":
+        out["flash"] = tokens * h * (4 * 128 * FP32 + 3 * hd * act)
     else:
         blk = _min(block_size, s)
         out["flash"] = FP32 * (4 * b * h * blk * blk + tokens * h * hd + tokens * h + 2 * b * blk * kv * hd)
@@ -270,7 +329,8 @@ def _in_flight(layout: Layout, micro_batches) -> Any:
 def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips=None, dtype: str | None = None,
                     param_dtype: str | None = None, master_weights: bool | None = None, remat: bool | None = None,
                     shard_state: bool | None = None, hardware=None, layout: Layout | None = None,
-                    dropout: bool = False, block_size: int = DEFAULT_BLOCK) -> MemoryEstimate:
+                    dropout: bool = False, block_size: int = DEFAULT_BLOCK,
+                    bookkeeping: str = "xla") -> MemoryEstimate:
     """Memory per chip of one training step of ``models.Transformer(cfg)`` under AdamW.
 
     Args:
@@ -285,13 +345,18 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
       hardware: a `hardware.Spec` (or name) for the ``fits`` answer.
       dropout: count dropout masks as Korthikanti et al. do (the Flax model has no dropout).
       block_size: flash-attention block (`models.flash`).
+      bookkeeping: "xla" (default: what the compiled JAX step keeps, elementwise outputs fused
+        into their consumers; one logits buffer, the loss gradient written over it) or
+        "korthikanti" (eager autodiff, as Megatron-LM: every tensor of Korthikanti et al. 2022
+        Sec. 4.1; the logits and their gradient apart). See `BOOKKEEPINGS`.
 
     Per chip: state / (fsdp x tp x pp) (optimizer also / dp with ``optimizer_sharding``),
     activations for ``layout.micro_batch`` sequences (default the whole per-replica batch) of
     ``seq_len / cp`` tokens over ``n_layers / pp`` layers x the micro-batches in flight
     (`_in_flight`), plus the transient of the layer being back-propagated (`transient_bytes`),
-    or, if larger, the loss phase: the logits and their gradient, two buffers of micro x seq x
-    vocab / tp in the compute dtype. The step donates its parameters and optimizer state, so the updated ones
+    or, if larger, the loss phase: micro x seq x vocab / tp logits in the compute dtype, once
+    ("xla": the compiler writes their gradient in place or computes it inside the head's
+    backward matmuls) or twice ("korthikanti": logits and gradient). The step donates its parameters and optimizer state, so the updated ones
     reuse their buffers. ``breakdown`` lists every term.
     """
     require_config(cfg)
@@ -299,6 +364,7 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
                              master_weights=master_weights, remat=remat, shard_state=shard_state)
     if not isinstance(dropout, bool):
         raise ValueError(f"dropout={dropout!r}: must be True or False")
+    _check_bookkeeping(bookkeeping)
     seq_len = cfg.seq_len if seq_len is None else seq_len
     for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
         check_size(name, v)
@@ -332,10 +398,12 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
     # activations
     tokens = micro * seq_len / layout.cp
     layers = cfg.n_layers / layout.pp
-    per_layer = _bytes(saved_activation_elements(cfg, seq_len, layout=layout, dropout=dropout), tokens, act)
+    per_layer = _bytes(saved_activation_elements(cfg, seq_len, layout=layout, dropout=dropout,
+                                                 bookkeeping=bookkeeping), tokens, act)
     b["saved_activations"] = per_layer * layers * _in_flight(layout, steps)
-    trans = transient_bytes(cfg, micro, seq_len, layout=layout, block_size=block_size, dropout=dropout)
-    logits = 2 * tokens * cfg.vocab_size / layout.tp * act
+    trans = transient_bytes(cfg, micro, seq_len, layout=layout, block_size=block_size, dropout=dropout,
+                            bookkeeping=bookkeeping)
+    logits = (1 if bookkeeping == "xla" else 2) * tokens * cfg.vocab_size / layout.tp * act
     transient = sum(trans.values())
     # Two phases of the backward pass peak one after the other, not together: the loss (the
     # logits and their gradient) and then each layer's backward (its transient). Every saved

@@ -105,3 +105,27 @@ def test_precision_fields_reach_the_parameters_and_the_step():
     assert {a.dtype for a in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)} and jnp.isfinite(loss)
     with pytest.raises(ValueError, match="fp8 matmuls are modelled by the planner's closed forms only"):
         init_train_state(CFG, layout=Layout(dtype="fp8"))
+
+
+def test_pallas_kernel_refuses_context_parallel_and_short_blocks():
+    """The Pallas TPU kernel attends whole sequences per device, in blocks that are multiples of
+    128: cp > 1 and a sequence with no such block are refused by name."""
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh
+
+    from models import Layout
+    from models.flash import attention, pallas_block_sizes
+    from models.sharding import activation_sharding
+
+    q = jnp.ones((1, 200, 1, 2, 8))
+    k = jnp.ones((1, 200, 1, 8))
+    with pytest.raises(ValueError, match="multiple of 128"):
+        pallas_block_sizes(200 * 3, 512)  # 600: largest divisor <= 512 is 300
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1, 1, 1), ("pp", "dp", "fsdp", "cp", "tp"))
+    with pytest.raises(ValueError, match="cp=2"), activation_sharding(mesh, Layout(cp=2, attention="flash",
+                                                                                  flash_kernel="pallas")):
+        attention(q, k, k, kernel="pallas")
+    with pytest.raises(ValueError, match="valid: jax, pallas"):
+        attention(q, k, k, kernel="cudnn")
+    assert pallas_block_sizes(4096).block_q == 512 and pallas_block_sizes(256).block_k == 256

@@ -32,6 +32,8 @@ def test_planner_reexports_the_same_type():
     ("schedule=interleaved,pp=2", "virtual_stages >= 2"),
     ("virtual_stages=2", "needs pp > 1"),
     ("ep=3,dp=4", "ep=3"),
+    ("flash_kernel=pallas", "needs attention='flash'"),
+    ("attention=flash,flash_kernel=cudnn", "valid: jax, pallas"),
 ])
 def test_bad_layouts_name_the_field(text, words):
     with pytest.raises(ValueError, match=None) as err:

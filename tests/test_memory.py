@@ -18,7 +18,7 @@ GPT = TransformerConfig(vocab_size=50304, d_model=H, n_layers=8, n_heads=A, d_ff
 
 def per_layer(layout_text, **kw):
     lay = Layout.parse(layout_text + ",dtype=bf16" if layout_text else "dtype=bf16")
-    return activation_bytes_per_layer(GPT, B, S, layout=lay, dropout=True, **kw)
+    return activation_bytes_per_layer(GPT, B, S, layout=lay, dropout=True, bookkeeping="korthikanti", **kw)
 
 
 @pytest.mark.parametrize("t", [1, 2, 8])
@@ -48,10 +48,11 @@ def test_pipeline_first_stage_holds_all_layers_eq_4_and_5():
     cfg = dataclasses.replace(GPT, n_layers=8)
     for remat in ("none", "selective"):
         lay = Layout(pp=4, micro_batch=1, remat=remat, dtype="bf16")
-        m = estimate_memory(cfg, batch_size=16, seq_len=S, layout=lay, dropout=True)
-        one = activation_bytes_per_layer(cfg, 1, S, layout=lay, dropout=True)
+        m = estimate_memory(cfg, batch_size=16, seq_len=S, layout=lay, dropout=True, bookkeeping="korthikanti")
+        one = activation_bytes_per_layer(cfg, 1, S, layout=lay, dropout=True, bookkeeping="korthikanti")
         assert m.breakdown["saved_activations"] == pytest.approx(8 * one)  # L layers, not L / pp
-        gpipe = estimate_memory(cfg, batch_size=16, seq_len=S, layout=lay.replace(schedule="gpipe"), dropout=True)
+        gpipe = estimate_memory(cfg, batch_size=16, seq_len=S, layout=lay.replace(schedule="gpipe"), dropout=True,
+                                bookkeeping="korthikanti")
         assert gpipe.breakdown["saved_activations"] == pytest.approx(16 * 2 * one)  # 16 micro-batches x 2 layers
 
 

@@ -19,9 +19,10 @@ import functools
 import math
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from models.config import TransformerConfig
 from models.flash import attention as flash_kernel_attention
@@ -174,14 +175,10 @@ class Attention(nnx.Module):
             with scope("flash_attention"):
                 out = flash_kernel_attention(q, k, v, kernel=self.flash_kernel).reshape(b, t, self.n_heads * hd)
         else:
-            core = functools.partial(_core_attention, softcap_at=self.attn_softcap,
-                                     window=(t if window is None else window) if self.windowed else None)
-            if self.remat == "selective":
-                # Korthikanti et al. 2022, Sec. 5 ("selective activation recomputation"): the core
-                # attention is checkpointed on its own, keeping only q, k, v (as Megatron-LM does).
-                core = jax.checkpoint(core, policy=jax.checkpoint_policies.nothing_saveable)
-            out = core(q, k, v)
-        out = constrain(out, "hidden")
+            out = _core_attention(q, k, v, softcap_at=self.attn_softcap,
+                                  window=(t if window is None else window) if self.windowed else None)
+        # "context": the attention output, a residual the "selective" policy keeps (REMAT_POLICIES)
+        out = constrain(checkpoint_name(out, "context"), "hidden")
         with scope("attn_out"):
             return self.o(out)
 
@@ -202,11 +199,19 @@ def _core_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, softcap_at=None
         return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, kv * g * hd)
 
 
-#: Layout.remat -> the jax.checkpoint policy each block is wrapped in ("selective" checkpoints
-#: the core attention inside the block instead; "none" wraps nothing).
+#: Layout.remat -> the jax.checkpoint policy each block is wrapped in ("none" wraps nothing).
+#: "selective" (Korthikanti et al. 2022, Sec. 5: recompute the core attention, keep the rest)
+#: keeps the matmul outputs without batch dimensions (q, k, v, the projections, the MLP's) and
+#: the attention output, so the backward pass recomputes the scores and softmax (and the
+#: elementwise work XLA would recompute inside its fusions anyway). Checkpointing the core
+#: attention alone (nothing_saveable inside the block) keeps the same tensors, but the TPU
+#: compiler then lays its buffers out with about 30% more temp memory (benchmarks/memory.py).
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "selective": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names("context")),
 }
 
 
@@ -312,8 +317,8 @@ class Transformer(nnx.Module):
         instead of a Python loop. Same parameters, same outputs.
       dtype: computation dtype (parameters are float32).
       layout: a `models.Layout`; the model reads ``attention`` ("flash": `models.flash`) and
-        ``remat`` (each block under ``jax.checkpoint`` with `REMAT_POLICIES`, or for
-        "selective" the core attention alone). None = ``Layout()`` (dot attention, no remat).
+        ``remat`` (each block under ``jax.checkpoint`` with `REMAT_POLICIES`). None =
+        ``Layout()`` (dot attention, no remat).
 
     Example:
       >>> from models import presets

@@ -583,20 +583,21 @@ def recompute_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, layou
     HFU counts the rematerialised work, MFU does not). Per policy, as JAX's partial evaluation
     replays a ``jax.checkpoint``-ed block (only what its backward reads):
 
-    - "none": nothing; "selective": the score matmul, its scale and causal select, and the
-      softmax forward (the backward of the score-value product reads the probabilities and v,
-      not its output; Korthikanti et al. 2022, Sec. 5);
+    - "none": nothing;
     - "full": every forward op of the layer except the down projection (matmul and bias) and
       the last residual add, whose outputs no backward op reads;
     - "dots": "full" less the matmuls without batch dimensions (q, k, v, output projection, up and
       gate projections), whose saved outputs are read instead;
+    - "selective": "dots" less the score-value product too, whose output (the attention output)
+      is kept: the score matmul, its scale and causal select, the softmax (Korthikanti et al.
+      2022, Sec. 5), and the elementwise work between the kept matmuls (norms, activation);
     - ``attention="flash"``: the backward recomputes each score block once more (Dao et al.
       2022, Algorithm 2, line 11): one more score matmul, whatever the policy. Flash's own
       elementwise work (online-softmax rescales) is counted as the dot path's softmax.
 
     Exact for "full", "selective" and "dots" against XLA's count of the lowered step (for "dots"
-    the "xla" convention adds the one op per element XLA counts on each saved matmul output the
-    replayed block reads back); the flash elementwise terms are within 0.3%
+    and "selective" the "xla" convention adds the one op per element XLA counts on each saved
+    matmul output the replayed block reads back); the flash elementwise terms are within 0.3%
     (tests/test_flops_remat.py says by how much).
     """
     from models.layout import Layout
@@ -618,7 +619,7 @@ def recompute_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, layou
         layer["norms"] = layer["norms"] - _norm_forward(cfg, b * t)[0]
         if cfg.position == "rope":
             layer["rope"] = layer["rope"] - _rope_table_flops(t, cfg.resolved_head_dim)
-    if layout.remat in ("full", "dots"):
+    if layout.remat in ("full", "dots", "selective"):
         keep = dict(layer)
         mlp_out_matmul = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode="forward",
                                      convention="fma" if convention == "xla" else convention,
@@ -626,9 +627,11 @@ def recompute_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, layou
         keep["mlp_out"] = 0
         if convention == "xla":
             keep["residual"] = layer["residual"] - cfg.n_layers * b * t * cfg.d_model
-        if layout.remat == "dots":
+        if layout.remat in ("dots", "selective"):
             for k in _NO_BATCH_DOTS:
                 keep[k] = keep[k] - mlp_out_matmul[k]
+            if layout.remat == "selective":  # the attention output is kept: no score-value product
+                keep["attn_values"] = keep["attn_values"] - mlp_out_matmul["attn_values"]
             if convention == "xla":
                 # XLA counts one op per element of each saved matmul output the replayed block
                 # reads back (q, k, v, the output projection, the MLP's up and gate): measured
@@ -636,13 +639,11 @@ def recompute_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, layou
                 tokens = cfg.n_layers * b * t
                 hd, kv = cfg.resolved_head_dim, cfg.resolved_n_kv_heads
                 widths = {"q": cfg.n_heads * hd, "k": kv * hd, "v": kv * hd, "attn_out": cfg.d_model,
-                          "mlp_in": cfg.d_ff, "mlp_gate": cfg.d_ff if cfg.gated else 0}
+                          "mlp_in": cfg.d_ff, "mlp_gate": cfg.d_ff if cfg.gated else 0,
+                          "attn_values": cfg.n_heads * hd if layout.remat == "selective" else 0}
                 for k, w in widths.items():
                     keep[k] = keep[k] + tokens * w
         out.update(keep)
-    elif layout.remat == "selective" and layout.attention == "dot":
-        out["attn_scores"] = layer["attn_scores"]
-        out["softmax"] = layer["softmax"]
     if layout.attention == "flash":
         matmul = fma_matmul if convention != "no_fma" else no_fma_matmul
         extra = matmul(forward_matmuls(cfg, b, t)["attn_scores"])

@@ -558,18 +558,37 @@ def _share(x, mode: str):
 def _count_6nd(cfg, batch_size, seq_len, mode, causal):
     """C = 6 N D for training: 2 N D forward, 4 N D backward (Kaplan et al. 2020 §2.1; Hoffmann
     et al. 2022). N = all parameters (Hoffmann's convention; tied embeddings counted once),
-    D = batch_size * seq_len tokens."""
-    n, tokens = count_params(cfg).total, batch_size * seq_len
+    D = batch_size * seq_len tokens. For a mixture of experts N is the active parameters
+    (`ParamCount.active`: the k routed experts a token uses, not all of them), as MoE papers
+    quote training compute (DeepSeek-V2 §3.2.1 and DeepSeek-V3 §4: FLOPs from activated
+    parameters; Muennighoff et al. 2024, OLMoE §2)."""
+    n, tokens = count_params(cfg).active, batch_size * seq_len
     per = {"forward": 2, "backward": 4, "train": 6}[mode]
     return {"6ND": per * n * tokens}, None
+
+
+def _active_ff(cfg: TransformerConfig):
+    """The MLP width one token passes through, averaged over the layers: d_ff in a dense layer,
+    k * d_ff_expert + n_shared_experts * d_ff_shared in a MoE layer."""
+    if not cfg.is_moe:
+        return cfg.d_ff
+    moe_ff = cfg.experts_per_token * cfg.resolved_d_ff_expert + cfg.n_shared_experts * cfg.resolved_d_ff_shared
+    summed = cfg.dense_layers * cfg.d_ff + cfg.moe_layers * moe_ff
+    if not isinstance(summed, int) or not isinstance(cfg.n_layers, int):
+        return summed / cfg.n_layers
+    q = Fraction(summed, cfg.n_layers)
+    return q.numerator if q.denominator == 1 else q
 
 
 def _count_kaplan(cfg, batch_size, seq_len, mode, causal):
     """Kaplan et al. 2020, Table 1, the non-embedding total: C_forward = 2N + 2 n_layer n_ctx d_attn
     per token with N = 2 d_model n_layer (2 d_attn + d_ff), row by row (QKV, mask, project,
     feedforward); backward = 2 x forward. d_attn = n_heads * head_dim, n_ctx = seq_len. The
-    formula assumes multi-head attention and a two-matrix MLP: GQA and gated MLPs are not in it."""
-    n_layers, d, ff = cfg.n_layers, cfg.d_model, cfg.d_ff
+    formula assumes multi-head attention and a two-matrix MLP: GQA and gated MLPs are not in it.
+    For a mixture of experts the feedforward row takes the width a token passes through, the
+    active one (k routed experts + the shared ones, averaged over the layers), and no router;
+    latent attention is not in the formula (its d_attn is n_heads * head_dim as printed)."""
+    n_layers, d, ff = cfg.n_layers, cfg.d_model, _active_ff(cfg)
     d_attn = cfg.n_heads * cfg.resolved_head_dim
     tokens = batch_size * seq_len
     rows = {
@@ -585,9 +604,11 @@ def _count_kaplan(cfg, batch_size, seq_len, mode, causal):
 def _count_palm(cfg, batch_size, seq_len, mode, causal):
     """PaLM (Chowdhery et al. 2022), Appendix B: training FLOPs per token = 6N + 12 L H Q T
     (N parameters, L layers, H heads, Q head dim, T sequence length), as nanoGPT's
-    `estimate_mfu`; forward is one third of it. N = all parameters, as PaLM 540B's 540.35B."""
+    `estimate_mfu`; forward is one third of it. N = all parameters, as PaLM 540B's 540.35B; for
+    a mixture of experts the active parameters (MaxText's and Megatron's MoE MFU count the
+    experts a token is routed to). Q is head_dim (latent attention: its non-rotary part, as printed)."""
     tokens = batch_size * seq_len
-    n = count_params(cfg).total
+    n = count_params(cfg).active
     attn = 12 * cfg.n_layers * cfg.n_heads * cfg.resolved_head_dim * seq_len
     return {"6N": _share(6 * n * tokens, mode), "12LHQT": _share(attn * tokens, mode)}, None
 
@@ -597,7 +618,9 @@ def _count_megatron(cfg, batch_size, seq_len, mode, causal, *, recompute: bool =
     §5.1): per iteration 72 B s l h^2 (1 + s/(6h) + V/(12 l h)) without activation
     recomputation, 96 B s l h^2 (1 + s/(6h) + V/(16 l h)) with it (an extra forward). Expanded
     to integers; h = d_model, l = n_layers, V = vocab; assumes d_ff = 4h and multi-head attention.
-    Forward is one third of the no-recompute count."""
+    Forward is one third of the no-recompute count. A dense-model formula: it has no experts or
+    latent attention and is reproduced as printed for every config (for a mixture of experts
+    it counts one d_ff = 4h MLP per layer, whatever the experts)."""
     b, s, n_layers, h, v = batch_size, seq_len, cfg.n_layers, cfg.d_model, cfg.vocab_size
     if recompute:
         terms = {"dense": 96 * b * s * n_layers * h * h, "attention": 16 * b * s * s * n_layers * h,
@@ -619,8 +642,9 @@ def _count_chinchilla(cfg, batch_size, seq_len, mode, causal):
     """Hoffmann et al. 2022, Appendix F, forward pass per sequence: embeddings 2 s V d; QKV
     2*3 s d (k h); attention logits 2 s^2 (k h); softmax 3 h s^2; softmax @ value 2 s^2 (k h);
     final linear 2 s (k h) d; dense block 2 s (d ff + d ff) per layer; final logits 2 s d V.
-    Backward = 2 x forward. k = head_dim (key size), h = n_heads."""
-    s, n_layers, d, ff, v = seq_len, cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size
+    Backward = 2 x forward. k = head_dim (key size), h = n_heads. For a mixture of experts the
+    dense block takes the active width (k routed experts + shared, averaged over the layers)."""
+    s, n_layers, d, ff, v = seq_len, cfg.n_layers, cfg.d_model, _active_ff(cfg), cfg.vocab_size
     kh, h = cfg.n_heads * cfg.resolved_head_dim, cfg.n_heads
     rows = {
         "embeddings": 2 * s * v * d,
@@ -638,7 +662,9 @@ def _count_chinchilla(cfg, batch_size, seq_len, mode, causal):
 
 def _count_deepseek(cfg, batch_size, seq_len, mode, causal):
     """DeepSeek LLM (DeepSeek-AI 2024), Eq. 2: non-embedding training FLOPs per token
-    M = 72 n_layer d_model^2 + 12 n_layer d_model l_seq; forward is one third of it."""
+    M = 72 n_layer d_model^2 + 12 n_layer d_model l_seq; forward is one third of it. A dense-model
+    formula, as printed for every config: DeepSeekMoE, V2 and V3 publish no closed form of their
+    own, quoting FLOPs from activated parameters (which "6nd" gives, with N active)."""
     tokens, n_layers, d = batch_size * seq_len, cfg.n_layers, cfg.d_model
     terms = {"72Ld^2": 72 * n_layers * d * d * tokens, "12Ld*seq": 12 * n_layers * d * seq_len * tokens}
     return {k: _share(x, mode) for k, x in terms.items()}, None

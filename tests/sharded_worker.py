@@ -144,12 +144,16 @@ def moe_equivalence(cases=MOE_CASES) -> list[dict]:
             _, _, loss = compiled(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:])
             w_in = sharded.params["layers"][1]["mlp"]["w_in"]
             text_hlo = compiled.as_text()
-            rows.append({"kind": kind, "layout": text, "loss": float(loss), "ref_loss": float(ref_loss),
+            from planner.flops import per_device_dot_flops
+            from planner.hlo import parse_hlo
+
+            dots = (parse_hlo(text_hlo).dot_flops, int(per_device_dot_flops(cfg, lay, batch_size=8, seq_len=16)))
+            rows.append({"kind": kind, "layout": text, "loss": float(loss), "ref_loss": float(ref_loss), "dots": dots,
                          "w_in_spec": str(w_in.sharding.spec),
                          "w_in_shard": list(w_in.sharding.shard_shape(w_in.shape)),
                          "all_to_all": text_hlo.count(" all-to-all(")})
             print(f"moe {kind} {text}: loss {float(loss):.7f} (1 device {float(ref_loss):.7f}) "
-                  f"w_in {w_in.sharding.spec} a2a {rows[-1]['all_to_all']}", file=sys.stderr, flush=True)
+                  f"w_in {w_in.sharding.spec} a2a {rows[-1]['all_to_all']} dots {dots}", file=sys.stderr, flush=True)
     return rows
 
 

@@ -47,8 +47,9 @@ def test_dots_exact_against_xla(name, mode):
         assert r.components["kv_a"].hlo_dots > 0 and r.components["kv_b"].hlo_dots > 0
     if cfg.capacity_factor is not None:
         assert r.components["dispatch"].hlo_dots > 0
-    # the total (elementwise work included) is not modelled exactly for MoE / MLA: within 7%
-    assert abs(r.rel_error) < 0.07, r.rel_error
+    # the total (elementwise work included): routing's top-k, sort, gather and scatter are not in
+    # the closed form; within 2.5% (README, "Mixture of experts")
+    assert 0 <= r.rel_error < 0.025, r.rel_error
 
 
 def test_xla_counts_ragged_dot_over_every_group():

@@ -146,3 +146,30 @@ def test_expert_rules_per_layout():
         jax.sharding.PartitionSpec("fsdp", "dp", None, None)
     with pytest.raises(ValueError, match="ep=2 with dp=4, fsdp=4: .*set ep to fsdp, dp or dp \\* fsdp"):
         expert_axes(Layout.parse("dp=4,fsdp=4,ep=2"))
+
+
+_TPU_RAGGED = """
+import json
+import jax, jax.numpy as jnp
+from jax.experimental import topologies
+from jax.sharding import SingleDeviceSharding
+dev = topologies.get_topology_desc("v5p:2x2x1", "tpu").devices[0]
+sh = SingleDeviceSharding(dev)
+m, k, n, g = 64, 16, 24, 4
+args = (jax.ShapeDtypeStruct((m, k), jnp.float32, sharding=sh), jax.ShapeDtypeStruct((g, k, n), jnp.float32, sharding=sh),
+        jax.ShapeDtypeStruct((g,), jnp.int32, sharding=sh))
+lowered = jax.jit(jax.lax.ragged_dot).lower(*args)
+print("RESULT " + json.dumps({"chlo": "chlo.ragged_dot" in lowered.as_text(),
+                              "flops": lowered.compile().cost_analysis()["flops"]}))
+"""
+
+
+def test_tpu_compiler_counts_ragged_dot_at_the_active_count():
+    # On TPU jax emits chlo.ragged_dot (no dense expansion) and XLA:TPU's compiled cost analysis
+    # counts the forward at 2 m k n, the top-k ("fma") count (libtpu compile-only, v5p)
+    env = dict(os.environ, ALLOW_MULTIPLE_LIBTPU_LOAD="1", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _TPU_RAGGED], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+    assert got["chlo"] and got["flops"] == 2 * 64 * 16 * 24

@@ -173,3 +173,22 @@ def test_tpu_compiler_counts_ragged_dot_at_the_active_count():
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
     assert got["chlo"] and got["flops"] == 2 * 64 * 16 * 24
+
+
+def test_relaxed_moe_and_mla_flops_are_differentiable():
+    # the planner's relaxation: the expert width and count as floats, under jit and grad
+    base = presets.get("tiny-mla", capacity_factor=1.0)
+
+    @jax.jit
+    def fma(ff, e):
+        return count_flops(base.replace(d_ff_expert=ff, n_experts=e), batch_size=2, seq_len=8, mode="train",
+                           convention="fma").total
+
+    assert float(fma(jnp.float32(16.0), jnp.float32(4.0))) == pytest.approx(
+        float(count_flops(base, batch_size=2, seq_len=8, mode="train", convention="fma").total), rel=1e-6)
+    g_ff, g_e = jax.grad(fma, argnums=(0, 1))(jnp.float32(16.0), jnp.float32(4.0))
+    # at capacity the expert rows are E * (cf t k / E) = cf t k = 8 per sequence in the
+    # relaxation, independent of E; per MoE layer (2) and training product (3): d/d ff of the
+    # three expert matrices, 3 * 2 * rows(16) * d(32); d/d E only the router's 2 * tokens(16) * d
+    assert float(g_ff) == pytest.approx(2 * 3 * 3 * 2 * 16 * 32)
+    assert float(g_e) == pytest.approx(2 * 3 * 2 * 16 * 32)

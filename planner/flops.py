@@ -250,21 +250,33 @@ def _per_device_moe_mla(cfg: TransformerConfig, layout, batch_size, seq_len, mod
     the tp-split components (`_TP_SPLIT`: heads, MLP and expert widths) over tp, the vocabulary
     over tp where it divides, the layers over pp; the router, q_a, kv_a and the capacity path's
     dispatch are not split by tp. Routed experts assume balanced routing: under ep each chip
-    runs its experts for the tokens sent to them, on average its own tokens' k choices. On the
-    8-device CPU mesh (latent attention, capacity dispatch, dp=2,fsdp=2,tp=2,ep=2) this is 1.8%
-    above the compiled program's per-device dots (tests/test_moe_flops.py); the dense path above
-    is exact."""
+    runs its experts for the tokens sent to them, on average its own tokens' k choices. Exact on
+    the 8-device CPU mesh for latent attention with capacity dispatch on dp=2,fsdp=2,tp=2,ep=2
+    (tests/test_moe_flops.py), per component; the dropless path's ragged_dot is counted at top-k
+    (what a grouped kernel does), not as the CPU lowering's dense form."""
     cfg, batch_size, seq_len = promote(cfg, batch_size, seq_len)
     data = layout.dp * layout.fsdp * layout.cp * layout.pp
     vocab_tp = layout.tp if isinstance(cfg.vocab_size, int) and cfg.vocab_size % layout.tp == 0 else 1
+    fwd = forward_matmuls(cfg, batch_size, seq_len)
+    bwd = backward_matmuls(fwd)
     total = 0
-    for name, ms in step_matmuls(cfg, batch_size, seq_len, mode).items():
-        work = sum(fma_matmul(m) for m in ms)
+    for key, m in fwd.items():
+        name = MATMUL_COMPONENT_OF.get(key, key)
+        products = ([m] if mode in ("forward", "train") else []) + (bwd[key] if mode != "forward" else [])
         split = data if name != "logits" else layout.dp * layout.fsdp * layout.cp
         split *= layout.tp if name in _TP_SPLIT else (vocab_tp if name == "logits" else 1)
-        total = total + (work // split if isinstance(work, int) and work % split == 0 else
-                         (Fraction(work, split) if isinstance(work, int) else work / split))
+        for i, p in enumerate(products):
+            work = fma_matmul(p)
+            # the weight gradient of a projection tp does not split: GSPMD splits it over tp too
+            # (its output gradient arrives tp-split; measured on the 8-device CPU mesh)
+            last = mode != "forward" and i == len(products) - 1 and name in _TP_REPLICATED
+            s = split * (layout.tp if last else 1)
+            total = total + (work // s if isinstance(work, int) and work % s == 0 else
+                             (Fraction(work, s) if isinstance(work, int) else work / s))
     return total
+
+
+_TP_REPLICATED = ("router", "q_a", "kv_a")
 
 
 def _matmul_convention(cost: Callable[[Matmul], Any]):
@@ -760,10 +772,13 @@ COMPONENT_CONVENTIONS = ("fma", "no_fma", "xla")
 # ----------------------------------------------------------------------------- recomputation
 #: Layer components the backward pass can re-run (the forward work of one block).
 _LAYER_COMPONENTS = ("norms", "q", "k", "v", "rope", "attn_scores", "softmax", "attn_values", "attn_out",
-                     "mlp_in", "mlp_gate", "activation", "mlp_out", "residual")
+                     "mlp_in", "mlp_gate", "activation", "mlp_out", "residual",
+                     # mixture of experts and latent attention (recomputation not validated for them)
+                     "q_a", "q_b", "kv_a", "kv_b", "router", "experts", "shared_experts", "dispatch")
 #: Matmuls without batch dimensions: their outputs are what ``dots_with_no_batch_dims_saveable``
 #: keeps, so the "dots" policy does not redo them.
-_NO_BATCH_DOTS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_gate")
+_NO_BATCH_DOTS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_gate", "q_a", "q_b", "kv_a", "kv_b", "router",
+                  "shared_experts")
 
 
 def recompute_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, layout=None,

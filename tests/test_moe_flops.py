@@ -124,6 +124,8 @@ def test_expert_parallel_step_on_8_devices():
     rows = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])["moe"]
     assert len(rows) == 1
     cap = rows[0]
+    assert cap["loss"] == pytest.approx(cap["ref_loss"], rel=2e-6), cap  # the single-device step's loss
+    assert cap["dots"][0] == cap["dots"][1], cap["dots"]  # per-device dot FLOPs (planner.flops), exact
     # 8 experts over ep=2 (the fsdp axis), d_ff_expert over tp, d_model whole (fsdp is taken)
     assert cap["w_in_spec"] == "P('fsdp', None, 'tp')" and cap["w_in_shard"] == [4, 32, 8]
     assert cap["all_to_all"] > 0  # dispatch and combine

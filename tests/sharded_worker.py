@@ -122,7 +122,8 @@ def moe_equivalence(cases=MOE_CASES) -> list[dict]:
     cfgs = {"dropless": base, "capacity": base.replace(capacity_factor=1.5),
             "mla": base.replace(attention_kind="mla", kv_lora_rank=16, qk_rope_head_dim=4, head_dim=8,
                                 router="sigmoid")}
-    cfgs["capacity_mla"] = cfgs["mla"].replace(capacity_factor=1.5)
+    # one MoE layer (the suite's case; the dense MLP's sharding is the dense equivalence's)
+    cfgs["capacity_mla"] = cfgs["mla"].replace(capacity_factor=1.5, n_layers=1, dense_layers=0)
     tx = optax.adamw(1e-2, eps=1e-3)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (8, 17)), jnp.int32)
     copy = lambda tree: jax.tree.map(jnp.array, tree)  # noqa: E731
@@ -142,7 +143,7 @@ def moe_equivalence(cases=MOE_CASES) -> list[dict]:
             step = sharding.sharded_train_step(sharded, mesh, lay)
             compiled = step.lower(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:]).compile()
             _, _, loss = compiled(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:])
-            w_in = sharded.params["layers"][1]["mlp"]["w_in"]
+            w_in = sharded.params["layers"][cfg.n_layers - 1]["mlp"]["w_in"]
             text_hlo = compiled.as_text()
             from planner.flops import per_device_dot_flops
             from planner.hlo import parse_hlo

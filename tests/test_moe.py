@@ -173,8 +173,8 @@ def test_hf_bad_moe_fields(file, change, message):
 
 
 def test_training_lowers_the_loss():
-    # tiny-mla: latent attention and a sigmoid-routed dropless MoE, trained by models.train_step
-    cfg = MICRO["mla"]
+    # tiny-mla (one layer): latent attention and a sigmoid-routed dropless MoE, by models.train_step
+    cfg = MICRO["mla"].replace(n_layers=1)
     state = init_train_state(cfg, seed=0)
     x = jax.random.randint(jax.random.key(1), (4, 9), 0, cfg.vocab_size)
     p, o, losses = state.params, state.opt_state, []

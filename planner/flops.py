@@ -388,6 +388,8 @@ def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
     hidden = _hidden_elements(cfg, b, t)
     c["activation"] = _ACTIVATION_FORWARD[cfg.mlp] * hidden
     trans += _ACTIVATION_TRANSCENDENTALS[cfg.mlp] * hidden
+    if cfg.is_moe:  # the router's exp (softmax) or logistic (sigmoid) on every (token, expert)
+        trans += cfg.moe_layers * tokens * cfg.n_experts
     c["residual"] = n_layers * 2 * tokens * d
     return c, trans
 
@@ -473,6 +475,14 @@ def _norm_rows(cfg: TransformerConfig, tokens):
     return []
 
 
+def _latent_norm_widths(cfg: TransformerConfig) -> list:
+    """Widths of latent attention's norms in one layer: q_lora_rank (when q is compressed) and
+    kv_lora_rank (`models.mla`)."""
+    if not cfg.is_mla:
+        return []
+    return ([cfg.q_lora_rank] if cfg.q_lora_rank is not None else []) + [cfg.kv_lora_rank]
+
+
 def layer_norm_elements(cfg: TransformerConfig, tokens):
     """Elements one layer's norms normalise: its d_model norms on every token, and its QK-norms."""
     return cfg.norms_per_layer * tokens * cfg.d_model + sum(n * w for n, w in _norm_rows(cfg, tokens))
@@ -490,6 +500,10 @@ def _xla_arch_forward(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], Any
     rows = _norm_rows(cfg, tokens)
     for n, w in rows:  # QK-norms: the same per-row cost as a d_model norm, at their width
         f, tr = _norm_forward(cfg, n, w)
+        c["norms"] += n_layers * f
+        trans += n_layers * tr
+    for w in _latent_norm_widths(cfg):  # latent attention's RMSNorms on c_Q and c_KV
+        f, tr = _norm_forward(cfg, tokens, w)
         c["norms"] += n_layers * f
         trans += n_layers * tr
     if cfg.norm_offset:  # 1 + scale, once per norm (a vector, not per token)
@@ -520,6 +534,8 @@ def _xla_arch_backward(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
     trans = 0
     for n, w in _norm_rows(cfg, tokens):
         c["norms"] += n_layers * _norm_backward(cfg, n, w)
+    for w in _latent_norm_widths(cfg):
+        c["norms"] += n_layers * _norm_backward(cfg, tokens, w)
     if cfg.position == "rope" and cfg.rotary_fraction != 1:
         # partial rotary: the transposed slice and concatenate add the two zero-padded halves
         # of the cotangent, one add per element of q and k

@@ -15,18 +15,26 @@ import sys
 from collections.abc import Sequence
 
 from models import presets
-from models.config import OPTIONAL_SIZE_FIELDS, SIZE_FIELDS, TransformerConfig, field_names
+from models.config import (
+    MLA_SIZE_FIELDS,
+    MOE_SIZE_FIELDS,
+    OPTIONAL_SIZE_FIELDS,
+    SIZE_FIELDS,
+    TransformerConfig,
+    field_names,
+)
 from planner.format import Progress, human, table
 from planner.flops import COMPONENT_CONVENTIONS, CONVENTIONS, MODES, count_flops
 from planner.params import count_params
 
 _BOOL_FIELDS = ("tied_embeddings", "bias", "embed_scale", "qkv_bias", "norm_offset", "norm_bias", "mlp_bias",
                 "head_bias", "parallel_residual", "shared_norm")
-_FLOAT_FIELDS = ("rope_theta", "norm_eps", "rotary_fraction", "attn_softcap", "final_softcap")
+_FLOAT_FIELDS = ("rope_theta", "norm_eps", "rotary_fraction", "attn_softcap", "final_softcap", "capacity_factor",
+                 "aux_loss_coef")
 #: Fields that take "none" (besides the optional sizes).
 _NULLABLE_FIELDS = ("qkv_bias", "norm_bias", "mlp_bias", "qk_norm", "sliding_window", "global_every",
-                    "attn_softcap", "final_softcap")
-_INT_FIELDS = ("sliding_window", "global_every")
+                    "attn_softcap", "final_softcap", "capacity_factor") + MOE_SIZE_FIELDS + MLA_SIZE_FIELDS
+_INT_FIELDS = ("sliding_window", "global_every", "n_shared_experts", "dense_layers") + MOE_SIZE_FIELDS + MLA_SIZE_FIELDS
 _TRUE, _FALSE, _NONE = ("true", "1", "yes", "on"), ("false", "0", "no", "off"), ("none", "null")
 
 
@@ -202,7 +210,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", metavar="NAME", help=f"a named config: {', '.join(presets.names())}")
     p.add_argument("--hf", metavar="CONFIG_JSON",
                    help="a Hugging Face config.json (gpt2, gpt_neox, gptj, llama, mistral, qwen2, qwen3, gemma, "
-                        "gemma2, gemma3_text, phi3, olmo2, falcon, starcoder2, nemotron)")
+                        "gemma2, gemma3_text, phi3, olmo2, falcon, starcoder2, nemotron, mixtral, qwen3_moe, olmoe, "
+                        "deepseek_v2, deepseek_v3)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override one config field (repeatable), e.g. --set n_layers=6")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -307,7 +316,7 @@ def cmd_count(args: argparse.Namespace) -> int:
             **({"hf": {k: v for k, v in hf_import(args).to_dict().items() if k != "config"}}
                if getattr(args, "hf", None) else {}),
             "config": _config_json(cfg),
-            "params": {"total": pc.total, "embedding": pc.embedding,
+            "params": {"total": pc.total, "active": pc.active, "embedding": pc.embedding,
                        "non_embedding": pc.non_embedding, "components": pc.components},
         }
         if flops is not None:
@@ -325,6 +334,9 @@ def cmd_count(args: argparse.Namespace) -> int:
         return 0
     name = _label(args)
     print(f"{name}: {human(pc.total)} parameters ({pc.total:,})")
+    if cfg.is_moe:
+        print(f"  active per token: {human(pc.active)} ({pc.active:,}; {cfg.experts_per_token} of "
+              f"{cfg.n_experts} routed experts in {cfg.moe_layers} MoE layers)")
     print(f"  d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} "
           f"n_kv_heads={cfg.resolved_n_kv_heads} head_dim={cfg.resolved_head_dim} d_ff={cfg.d_ff} "
           f"vocab={cfg.vocab_size} seq_len={cfg.seq_len} mlp={cfg.mlp} norm={cfg.norm} "
@@ -336,6 +348,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     if flops is None:
         rows = [(c, f"{n:,}", f"{100 * n / pc.total:.2f}%") for c, n in pc.components.items()]
         rows += [("total", f"{pc.total:,}", "100.00%"),
+                 *([("active per token", f"{pc.active:,}", f"{100 * pc.active / pc.total:.2f}%")] if cfg.is_moe else []),
                  ("embedding (token + position + head)", f"{pc.embedding:,}", f"{100 * pc.embedding / pc.total:.2f}%"),
                  ("non-embedding", f"{pc.non_embedding:,}", f"{100 * pc.non_embedding / pc.total:.2f}%")]
         print(table(("component", "parameters", "share"), rows))
@@ -350,7 +363,10 @@ def _architecture_text(cfg: TransformerConfig) -> str:
     """The architecture options that differ from the plain pre-norm block, on one line."""
     default = TransformerConfig(vocab_size=1, d_model=2, n_layers=1, n_heads=1, d_ff=1, seq_len=1)
     names = ("norm_placement", "norm_offset", "norm_bias", "mlp_bias", "head_bias", "qk_norm", "parallel_residual",
-             "shared_norm", "rotary_fraction", "sliding_window", "global_every", "attn_softcap", "final_softcap")
+             "shared_norm", "rotary_fraction", "sliding_window", "global_every", "attn_softcap", "final_softcap",
+             "n_experts", "experts_per_token", "n_shared_experts", "d_ff_expert", "d_ff_shared", "dense_layers",
+             "router", "capacity_factor", "attention_kind", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
+             "v_head_dim")
     return " ".join(f"{n}={getattr(cfg, n)}" for n in names if getattr(cfg, n) != getattr(default, n))
 
 

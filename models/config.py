@@ -28,6 +28,13 @@ QK_NORMS = ("head", "full")
 #: The size fields, in declaration order; each is a positive integer (or a relaxed array).
 SIZE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "seq_len")
 OPTIONAL_SIZE_FIELDS = ("n_kv_heads", "head_dim")
+#: Mixture-of-experts and latent-attention sizes: positive ints or None (or relaxed arrays).
+MOE_SIZE_FIELDS = ("n_experts", "experts_per_token", "d_ff_expert", "d_ff_shared")
+MLA_SIZE_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim")
+#: Every size field (required and optional), in declaration order of their groups.
+ALL_SIZE_FIELDS = SIZE_FIELDS + OPTIONAL_SIZE_FIELDS + MOE_SIZE_FIELDS + MLA_SIZE_FIELDS
+ROUTERS = ("softmax", "sigmoid")
+ATTENTION_KINDS = ("mha", "mla")
 
 
 def is_relaxed(value: Any) -> bool:
@@ -139,6 +146,31 @@ class TransformerConfig:
       attn_softcap: None, or c: scores -> c * tanh(scores / c) before the mask (Gemma 2).
       final_softcap: None, or c: logits -> c * tanh(logits / c) (Gemma 2).
 
+    Mixture of experts (Shazeer et al. 2017; Mixtral, DeepSeekMoE, Qwen3-MoE, OLMoE). Each
+    default keeps the dense MLP:
+      n_experts: routed experts per MoE layer; None = a dense MLP in every layer.
+      experts_per_token: top-k; required, 1 <= k <= n_experts, exactly when n_experts is set.
+      n_shared_experts: always-on experts (DeepSeekMoE, Dai et al. 2024 §3.2), each d_ff_shared wide.
+      d_ff_expert: hidden width of each routed expert; None = d_ff.
+      d_ff_shared: hidden width of each shared expert; None = d_ff_expert.
+      dense_layers: the first K layers keep a dense MLP of width d_ff (DeepSeek's
+        ``first_k_dense_replace``); the other n_layers - K are MoE layers.
+      router: router scoring, "softmax" over the experts (Mixtral, Qwen3-MoE, OLMoE) or
+        "sigmoid" per expert, the top-k renormalised (DeepSeek-V3, arXiv:2412.19437 eq. 13-15).
+      capacity_factor: None = dropless (tokens sorted by expert, grouped matmul); a number =
+        dense dispatch with ceil(capacity_factor * tokens * k / n_experts) slots per expert.
+      Routed experts and the router have no biases (none of the public MoE checkpoints has them).
+
+    Attention kind:
+      attention_kind: "mha" (multi-head, grouped-query or multi-query attention by n_kv_heads)
+        or "mla", DeepSeek-V2's multi-head latent attention (arXiv:2405.04434 §2.1): q through
+        an optional low-rank bottleneck, k and v from one compressed latent plus one shared
+        rotary key. With "mla", head_dim is the non-rotary part of q and k (``qk_nope_head_dim``).
+      q_lora_rank: rank of q's compression (d_c' in §2.1.2); None = q projected directly (V2-Lite).
+      kv_lora_rank: rank of the joint key-value latent (d_c in §2.1.2); required for "mla".
+      qk_rope_head_dim: the decoupled rotary dims per head (d_h^R in §2.1.3); required for "mla".
+      v_head_dim: width of each value head; None = head_dim.
+
     Example:
       >>> cfg = TransformerConfig(vocab_size=97, d_model=48, n_layers=2, n_heads=4, d_ff=96, seq_len=16)
       >>> cfg.resolved_head_dim, cfg.resolved_n_kv_heads
@@ -175,6 +207,19 @@ class TransformerConfig:
     global_every: int | None = None
     attn_softcap: float | None = None
     final_softcap: float | None = None
+    n_experts: int | None = None
+    experts_per_token: int | None = None
+    n_shared_experts: int = 0
+    d_ff_expert: int | None = None
+    d_ff_shared: int | None = None
+    dense_layers: int = 0
+    router: Literal["softmax", "sigmoid"] = "softmax"
+    capacity_factor: float | None = None
+    attention_kind: Literal["mha", "mla"] = "mha"
+    q_lora_rank: int | None = None
+    kv_lora_rank: int | None = None
+    qk_rope_head_dim: int | None = None
+    v_head_dim: int | None = None
 
     def __post_init__(self) -> None:
         for name in SIZE_FIELDS:
@@ -190,6 +235,8 @@ class TransformerConfig:
         _check_positive_float("rope_theta", self.rope_theta)
         _check_positive_float("norm_eps", self.norm_eps)
         self._check_architecture()
+        self._check_moe()
+        self._check_mla()
 
         if self.relaxed:
             return  # divisibility has no meaning for a continuous shape
@@ -250,11 +297,126 @@ class TransformerConfig:
         if self.rotary_fraction != 1 and self.position != "rope":
             raise ValueError(f"rotary_fraction={self.rotary_fraction}: only with position='rope'")
 
+    def _check_moe(self) -> None:
+        """The expert fields: sizes, and each one only where it means something."""
+        for name in MOE_SIZE_FIELDS:
+            check_size(name, getattr(self, name), optional=True)
+        for name in ("n_shared_experts", "dense_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or isinstance(
+                value, np.integer
+            ) or value < 0:
+                raise ValueError(f"{name}={value!r}: must be a Python int >= 0")
+        _check_choice("router", self.router, ROUTERS)
+        _check_optional_positive_float("capacity_factor", self.capacity_factor)
+        n, k = self.n_experts, self.experts_per_token
+        if n is None:
+            given = [f"{name}={getattr(self, name)!r}" for name, unset in (
+                ("experts_per_token", None), ("n_shared_experts", 0), ("d_ff_expert", None),
+                ("d_ff_shared", None), ("dense_layers", 0), ("router", "softmax"), ("capacity_factor", None))
+                if not (getattr(self, name) is unset or (unset is not None and getattr(self, name) == unset))]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with a mixture of experts; set n_experts "
+                                 "(and experts_per_token) or drop them")
+            return
+        if k is None:
+            raise ValueError(f"n_experts={n!r}: needs experts_per_token (the top-k each token is routed "
+                             "to, 1 <= k <= n_experts)")
+        if not is_relaxed(n) and not is_relaxed(k) and k > n:
+            raise ValueError(f"experts_per_token={k}: must be <= n_experts={n} (a token cannot use more "
+                             "experts than there are)")
+        if self.d_ff_shared is not None and self.n_shared_experts == 0:
+            raise ValueError(f"d_ff_shared={self.d_ff_shared!r}: only with n_shared_experts >= 1; "
+                             "set n_shared_experts or drop d_ff_shared")
+        if not is_relaxed(self.n_layers) and self.dense_layers >= self.n_layers:
+            raise ValueError(f"dense_layers={self.dense_layers}: must be < n_layers={self.n_layers} "
+                             "(at least one MoE layer); for a dense model set n_experts=None")
+
+    def _check_mla(self) -> None:
+        """Latent attention's fields: required with attention_kind='mla', refused without it."""
+        _check_choice("attention_kind", self.attention_kind, ATTENTION_KINDS)
+        for name in MLA_SIZE_FIELDS:
+            check_size(name, getattr(self, name), optional=True)
+        if self.attention_kind == "mha":
+            given = [f"{name}={getattr(self, name)!r}" for name in MLA_SIZE_FIELDS
+                     if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with attention_kind='mla'; set it or drop them")
+            return
+        missing = [name for name in ("kv_lora_rank", "qk_rope_head_dim") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"attention_kind='mla': needs {' and '.join(missing)} (DeepSeek-V2's "
+                             "kv_lora_rank and qk_rope_head_dim, e.g. 512 and 64)")
+        if self.position != "rope":
+            raise ValueError(f"attention_kind='mla' with position={self.position!r}: latent attention "
+                             "carries its positions in the decoupled rotary key; use position='rope'")
+        if self.n_kv_heads is not None and self.n_kv_heads != self.n_heads:
+            raise ValueError(f"n_kv_heads={self.n_kv_heads}: latent attention gives every head its own "
+                             "key and value (from the shared latent); set n_kv_heads=None")
+        if self.resolved_qkv_bias:
+            raise ValueError("attention_kind='mla' with biases on q, k, v: latent attention's projections "
+                             "have none; set qkv_bias=False (or bias=False)")
+        for name, bad, fix in (("qk_norm", self.qk_norm is not None, "None"),
+                               ("rotary_fraction", self.rotary_fraction != 1, "1.0"),
+                               ("parallel_residual", self.parallel_residual, "False")):
+            if bad:
+                raise ValueError(f"{name}={getattr(self, name)!r} with attention_kind='mla': not supported; "
+                                 f"set {name}={fix}")
+        r = self.qk_rope_head_dim
+        if not is_relaxed(r) and r % 2:
+            raise ValueError(f"qk_rope_head_dim={r}: must be even (RoPE rotates pairs of dimensions)")
+
     # ----------------------------------------------------------------- derived values
     @property
     def relaxed(self) -> bool:
         """True when any size is a continuous array (the planner's relaxation)."""
-        return any(is_relaxed(getattr(self, n)) for n in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS)
+        return any(is_relaxed(getattr(self, n)) for n in ALL_SIZE_FIELDS)
+
+    @property
+    def is_moe(self) -> bool:
+        """True for a mixture of experts (n_experts set)."""
+        return self.n_experts is not None
+
+    @property
+    def moe_layers(self):
+        """Layers with a routed MLP: n_layers - dense_layers for a MoE, else 0."""
+        return self.n_layers - self.dense_layers if self.is_moe else 0
+
+    def layer_is_moe(self, i: int) -> bool:
+        """Whether block i (0-based) has the routed MLP (the first dense_layers keep a dense one)."""
+        return self.is_moe and i >= self.dense_layers
+
+    @property
+    def resolved_d_ff_expert(self):
+        """Hidden width of one routed expert (d_ff when d_ff_expert is None)."""
+        return self.d_ff if self.d_ff_expert is None else self.d_ff_expert
+
+    @property
+    def resolved_d_ff_shared(self):
+        """Hidden width of one shared expert (the routed experts' width when d_ff_shared is None)."""
+        return self.resolved_d_ff_expert if self.d_ff_shared is None else self.d_ff_shared
+
+    @property
+    def is_mla(self) -> bool:
+        return self.attention_kind == "mla"
+
+    @property
+    def resolved_v_head_dim(self):
+        """Width of one value head: v_head_dim for MLA when set, else head_dim."""
+        return self.resolved_head_dim if self.v_head_dim is None else self.v_head_dim
+
+    @property
+    def qk_head_dim(self):
+        """Width of one query/key head in the score product: head_dim (+ qk_rope_head_dim for MLA)."""
+        return self.resolved_head_dim + (self.qk_rope_head_dim if self.is_mla else 0)
+
+    def expert_capacity(self, tokens: int) -> int:
+        """Slots per expert under capacity_factor: ceil(capacity_factor * tokens * k / n_experts)
+        (GShard, Lepikhin et al. 2020 §2.2; Switch, Fedus et al. 2022 eq. 3), at most ``tokens``."""
+        if self.capacity_factor is None or not self.is_moe:
+            raise ValueError("expert_capacity: only for a MoE config with capacity_factor set")
+        slots = math.ceil(self.capacity_factor * tokens * self.experts_per_token / self.n_experts)
+        return max(1, min(int(tokens), slots))
 
     @property
     def resolved_n_kv_heads(self):

@@ -15,18 +15,25 @@ import sys
 from collections.abc import Sequence
 
 from models import presets
-from models.config import OPTIONAL_SIZE_FIELDS, SIZE_FIELDS, TransformerConfig, field_names
+from models.config import (
+    MLA_SIZE_FIELDS,
+    MOE_SIZE_FIELDS,
+    OPTIONAL_SIZE_FIELDS,
+    SIZE_FIELDS,
+    TransformerConfig,
+    field_names,
+)
 from planner.format import Progress, human, table
 from planner.flops import COMPONENT_CONVENTIONS, CONVENTIONS, MODES, count_flops
 from planner.params import count_params
 
 _BOOL_FIELDS = ("tied_embeddings", "bias", "embed_scale", "qkv_bias", "norm_offset", "norm_bias", "mlp_bias",
                 "head_bias", "parallel_residual", "shared_norm")
-_FLOAT_FIELDS = ("rope_theta", "norm_eps", "rotary_fraction", "attn_softcap", "final_softcap")
+_FLOAT_FIELDS = ("rope_theta", "norm_eps", "rotary_fraction", "attn_softcap", "final_softcap", "capacity_factor")
 #: Fields that take "none" (besides the optional sizes).
 _NULLABLE_FIELDS = ("qkv_bias", "norm_bias", "mlp_bias", "qk_norm", "sliding_window", "global_every",
-                    "attn_softcap", "final_softcap")
-_INT_FIELDS = ("sliding_window", "global_every")
+                    "attn_softcap", "final_softcap", "capacity_factor") + MOE_SIZE_FIELDS + MLA_SIZE_FIELDS
+_INT_FIELDS = ("sliding_window", "global_every", "n_shared_experts", "dense_layers") + MOE_SIZE_FIELDS + MLA_SIZE_FIELDS
 _TRUE, _FALSE, _NONE = ("true", "1", "yes", "on"), ("false", "0", "no", "off"), ("none", "null")
 
 

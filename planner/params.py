@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from models.config import OPTIONAL_SIZE_FIELDS, SIZE_FIELDS, TransformerConfig, is_relaxed
+from models.config import ALL_SIZE_FIELDS, TransformerConfig, is_relaxed
 
 #: Component names, in the order of the forward pass. Every count has all of them (0 if absent).
 PARAM_COMPONENTS = (
@@ -55,13 +55,13 @@ def promote(cfg: TransformerConfig, *extra):
     sizes easily passes 2^31); as floats they cannot. Exact configs are returned unchanged.
     """
     require_config(cfg)
-    values = [getattr(cfg, n) for n in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS] + list(extra)
+    values = [getattr(cfg, n) for n in ALL_SIZE_FIELDS] + list(extra)
     relaxed = [v for v in values if v is not None and is_relaxed(v)]
     if not relaxed:
         return (cfg, *extra) if extra else cfg
     dtype = jnp.result_type(*relaxed)
     conv = lambda v: v if v is None or is_relaxed(v) else jnp.asarray(v, dtype)  # noqa: E731
-    new = dataclasses.replace(cfg, **{n: conv(getattr(cfg, n)) for n in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS})
+    new = dataclasses.replace(cfg, **{n: conv(getattr(cfg, n)) for n in ALL_SIZE_FIELDS})
     return (new, *map(conv, extra)) if extra else new
 
 

@@ -44,7 +44,7 @@ PIPELINE_SCHEDULES = ("1f1b", "gpipe", "interleaved")
 #: Mesh degrees, in the order the mesh axes are laid out (outermost first).
 MESH_DEGREES = ("pp", "dp", "fsdp", "cp", "tp")
 _INT_FIELDS = MESH_DEGREES + ("virtual_stages", "micro_batch", "ep")
-_BOOL_FIELDS = ("sequence_parallel", "optimizer_sharding", "master_fp32", "tp_overlap", "dp_overlap")
+_BOOL_FIELDS = ("sequence_parallel", "optimizer_sharding", "master_fp32", "tp_overlap", "dp_overlap", "ep_overlap")
 _CHOICE_FIELDS = {
     "remat": REMAT_POLICIES,
     "attention": ATTENTION_KINDS,
@@ -84,6 +84,9 @@ class Layout:
       dp_overlap: the data-parallel gradient reduction is bucketed and overlapped with the
         backward pass (PyTorch DDP buckets, Megatron-core ``overlap_grad_reduce``); otherwise it
         runs after the backward pass.
+      ep_overlap: the expert all-to-alls run concurrently with other micro-batches' compute
+        (DeepSeek-V3's DualPipe, arXiv:2412.19437 §3.2.1); otherwise they sit on the critical
+        path between the router and the experts.
     """
 
     remat: str = "none"
@@ -104,6 +107,7 @@ class Layout:
     ep: int = 1
     tp_overlap: bool = False
     dp_overlap: bool = False
+    ep_overlap: bool = False
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -177,6 +181,11 @@ class Layout:
             rules.append(("seq_len", seq_len, self.cp, "cp"))
             if self.sequence_parallel:
                 rules.append(("seq_len", seq_len, self.cp * self.tp, "cp x tp (sequence parallel)"))
+        if self.ep > 1:
+            if not getattr(cfg, "is_moe", False):
+                raise ValueError(f"ep={self.ep}: expert parallelism applies to a mixture of experts; this model "
+                                 "has no experts (set n_experts, or ep=1)")
+            rules.append(("n_experts", cfg.n_experts, self.ep, "ep"))
         for name, value, degree, what in rules:
             if value % degree != 0:
                 raise ValueError(f"{name}={value} is not divisible by {what}={degree}; "

@@ -224,6 +224,28 @@ def moe_shape(cfg: TransformerConfig, granularity: int, expansion: int = 64, *, 
     return cfg.replace(n_experts=expansion * granularity, experts_per_token=granularity, d_ff_expert=width)
 
 
+def moe_counts(cfg: TransformerConfig, *, batch_size: int, convention: str = "xla") -> dict:
+    """Exact counts of an MoE of `moe_shape`'s family (every layer routed, no shared experts,
+    softmax router, no biases) from dense counts: its routed experts hold as many parameters as
+    a dense MLP of width n_experts x d_ff_expert, a token's experts compute as a dense MLP of
+    width top-k x d_ff_expert, and the router adds a d_model x n_experts matrix per layer
+    (2 FLOPs per weight per token forward, 4 backward). Keys: ``non_embedding`` and ``total``
+    (all experts), ``active`` (what a token touches), ``step_flops`` (one training step under
+    ``convention``). Exact ints from ints."""
+    if not cfg.is_moe or cfg.n_shared_experts or cfg.dense_layers or cfg.attention_kind != "mha":
+        raise ValueError("moe_counts: a config of moe_shape's family (routed experts in every layer, no shared "
+                         "experts, standard attention)")
+    w, n, k = cfg.resolved_d_ff_expert, cfg.n_experts, cfg.experts_per_token
+    plain = dict(n_experts=None, experts_per_token=None, d_ff_expert=None, capacity_factor=None, router="softmax")
+    router = cfg.n_layers * cfg.d_model * n
+    every = count_params(cfg.replace(**plain, d_ff=n * w))
+    touched = count_params(cfg.replace(**plain, d_ff=k * w))
+    flops = count_flops(cfg.replace(**plain, d_ff=k * w), batch_size=batch_size, seq_len=cfg.seq_len, mode="train",
+                        convention=convention).total
+    return {"non_embedding": every.non_embedding + router, "total": every.total + router,
+            "active": touched.total + router, "step_flops": flops + 6 * router * batch_size * cfg.seq_len}
+
+
 def granularity_of(cfg: TransformerConfig) -> int:
     """G of an MoE config in the law's sense: the experts each token is routed to."""
     return cfg.experts_per_token
@@ -443,8 +465,12 @@ def _fitting_layout(cfg: TransformerConfig, batch_size: int, layout: Layout, max
 def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, max_memory, layout=None):
     """Exact evaluation of one shape: whole steps within the budget, integer FLOPs."""
     t = cfg.seq_len
-    n = _law_params(s, cfg)
-    step_flops = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention=s.convention).total
+    if s.moe is not None:
+        mc = moe_counts(cfg, batch_size=batch_size, convention=s.convention)
+        n, step_flops = mc["non_embedding"], mc["step_flops"]
+    else:
+        n = _law_params(s, cfg)
+        step_flops = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention=s.convention).total
     out = {"n": n, "step_flops": step_flops, "step_time": None, "mfu": None, "memory": None, "micro_batch": None}
     if s.hw is None:
         steps = int(budget // step_flops) if isinstance(step_flops, int) else int(math.floor(budget / float(step_flops)))
@@ -898,7 +924,8 @@ def expert_memory(cfg: TransformerConfig, *, param_dtype: str = "bf16", chips: i
     ``ep`` chips (default: ``chips``; expert weights split over the expert-parallel group)."""
     from planner.memory import DTYPE_BYTES
 
-    experts = count_params(cfg).components.get("experts", 0)
+    mats = 3 if cfg.gated else 2
+    experts = cfg.moe_layers * cfg.n_experts * mats * cfg.d_model * cfg.resolved_d_ff_expert
     pb = DTYPE_BYTES[param_dtype]
     per_param = 2 * pb + 8 + (4 if pb < 4 else 0)
     out = {"expert_params": experts, "bytes_per_param": per_param, "total_bytes": experts * per_param}
@@ -936,10 +963,10 @@ def _plan_moe(budget_flops, *, law, base, convention, hardware, chips, days, gra
     g_best = min(plans, key=lambda g: (plans[g].loss, g))
     best = plans[g_best]
     cfg = best.config
-    pc = count_params(cfg)
+    pc = moe_counts(cfg, batch_size=best.batch_size, convention=best.convention)
     info = {"law": dataclasses.asdict(law), "granularity": g_best, "expansion": law.expansion,
             "n_experts": cfg.n_experts, "experts_per_token": cfg.experts_per_token, "d_ff_expert": cfg.d_ff_expert,
-            "total_params": pc.total, "active_params": pc.active, "non_embedding_total": pc.non_embedding,
+            "total_params": pc["total"], "active_params": pc["active"], "non_embedding_total": pc["non_embedding"],
             "loss_by_granularity": {g: p.loss for g, p in plans.items()},
             "memory": expert_memory(cfg, param_dtype=param_dtype, chips=chips)}
     return best._replace(moe=info)

@@ -361,11 +361,24 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     exp_pp = jnp.where(pp > 1, 2 * v * send, 0.0)
     per_replica = batch_size / (dp * fsdp)
     m = per_replica / mb
-    t_mb = compute_mb + exp_tp + exp_cp + exp_fsdp + exp_pp
+    exp_ep, wire_ep = 0.0, 0.0
+    if cfg.is_moe:
+        exp_ep, wire_ep = _expert_parallel(cfg, net, x, st, mb=mb, s_loc=s_loc, layers=layers,
+                                           layer_time=(t_f + t_b + t_re) / layers, act=act)
+    t_mb = compute_mb + exp_tp + exp_cp + exp_fsdp + exp_pp + exp_ep
     bubble = (pp - 1) / v * t_mb
     n_params = _num(count_params(promote(cfg)).total)
     p_chip = n_params / (tp * pp * fsdp)
     t_dp = collective_time(net, "all_reduce", p_chip * pbytes, dp, st["dp"])
+    if cfg.is_moe:  # the routed experts: over ep (and the rest of fsdp), reduced over the rest of dp
+        ep = jnp.asarray(x.get("ep", 1), jnp.float32)
+        experts = _num(count_params(promote(cfg)).components.get("experts", 0))
+        fsdp_rest = jnp.maximum(1.0, fsdp / ep)
+        dp_rest = dp * fsdp / (ep * fsdp_rest)
+        p_experts = experts / (tp * pp * ep * fsdp_rest)
+        p_chip = (n_params - experts) / (tp * pp * fsdp) + p_experts
+        t_dp = (collective_time(net, "all_reduce", (p_chip - p_experts) * pbytes, dp, st["dp"])
+                + collective_time(net, "all_reduce", p_experts * pbytes, dp_rest, st["dp"]))
     exp_dp = jnp.where(x.get("dp_overlap", 0), jnp.maximum(0.0, t_dp - t_b), t_dp)
     opt_share = jnp.where(x["opt_shard"], dp, 1.0)
     master = x["master"]
@@ -380,13 +393,41 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     hw_flops = model + recompute + jnp.where(flash, attn_fwd, 0.0)
     mem = _memory_per_chip(cfg, local, x, mb, s_loc, p_chip, opt_share, m)
     exposed = {"tp": m * exp_tp, "cp": m * exp_cp, "fsdp": m * exp_fsdp, "dp": exp_dp, "pp": m * exp_pp}
+    if cfg.is_moe:
+        exposed["ep"] = m * exp_ep
     ring = lambda g: (g - 1) / g  # noqa: E731
     wire = {"tp": m * layers * n_ar * 2 * ring(tp) * tokens * cfg.d_model * act,
             "cp": m * layers * 3 * ring(cp) * kv_bytes * cp,
             "fsdp": m * layers * ring(fsdp) * p_layer * (2 * act + pbytes),
             "dp": 2 * ring(dp) * p_chip * pbytes,
             "pp": jnp.where(pp > 1, m * 2 * v * tokens * cfg.d_model * act / tp, 0.0)}
+    if cfg.is_moe:
+        wire["ep"] = m * wire_ep
     return ClusterStep(step, m * compute_mb, bubble, exposed, t_opt, model, hw_flops, mem, m, wire)
+
+
+def _expert_parallel(cfg, net, x, st, *, mb, s_loc, layers, layer_time, act):
+    """(exposed seconds, bytes sent) of one micro-batch's expert all-to-alls on one chip.
+
+    Per MoE layer: dispatch and combine forward, their transposes backward, and with full
+    recomputation the forward's two again (4 or 6; `planner.collectives.expert_collectives`
+    lists them). Each sends the chip's tokens x top-k copies of d_model (capacity: capacity
+    factor x tokens x k) over the ``ep`` group, which is laid on the fsdp axis (or on dp when
+    fsdp = 1), so it stays on NVLink / ICI while ep x that axis' stride fits the fast domain
+    and crosses the scale-out network beyond (`hardware.network.collective_time`). Exposed in
+    full, unless ``ep_overlap`` (DeepSeek-V3's DualPipe, arXiv:2412.19437 §3.2.1, overlaps them
+    with another micro-batch's compute): then only their excess over the layer's compute."""
+    tp, fsdp = (jnp.asarray(x[k], jnp.float32) for k in ("tp", "fsdp"))
+    ep = jnp.asarray(x.get("ep", 1), jnp.float32)
+    tokens = mb * s_loc / jnp.where(x["sp"], tp, 1.0)
+    k = cfg.experts_per_token if cfg.capacity_factor is None else cfg.capacity_factor * cfg.experts_per_token
+    nbytes = tokens * k * cfg.d_model * act
+    stride = jnp.where(fsdp > 1, st["fsdp"], st["dp"])
+    t = collective_time(net, "all_to_all", nbytes, ep, stride)
+    n = 4 + jnp.where(x["remat"] == 3, 2, 0)
+    moe = cfg.moe_layers * layers / cfg.n_layers
+    exposed = moe * jnp.where(x.get("ep_overlap", 0), jnp.maximum(0.0, n * t - layer_time), n * t)
+    return exposed, moe * n * (ep - 1) / ep * nbytes
 
 
 def _num(x):
@@ -439,7 +480,7 @@ def layout_arrays(layout: Layout) -> dict[str, Any]:
             "opt_shard": int(layout.optimizer_sharding), "act_bytes": _dtype_bytes("dtype", layout.dtype),
             "param_bytes": _dtype_bytes("param_dtype", layout.param_dtype), "master": int(layout.master_fp32),
             "fp8": int(layout.dtype == "fp8"), "tp_overlap": int(layout.tp_overlap),
-            "dp_overlap": int(layout.dp_overlap)}
+            "dp_overlap": int(layout.dp_overlap), "ep": layout.ep, "ep_overlap": int(layout.ep_overlap)}
 
 
 def _layout_roofline(cfg, spec, layout, *, chips, batch_size, seq_len, dtype, mode, param_dtype, slices, dropout):

@@ -372,7 +372,7 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     t_dp = collective_time(net, "all_reduce", p_chip * pbytes, dp, st["dp"])
     if cfg.is_moe:  # the routed experts: over ep (and the rest of fsdp), reduced over the rest of dp
         ep = jnp.asarray(x.get("ep", 1), jnp.float32)
-        experts = _num(count_params(promote(cfg)).components.get("experts", 0))
+        experts = cfg.moe_layers * cfg.n_experts * (3 if cfg.gated else 2) * cfg.d_model * cfg.resolved_d_ff_expert
         fsdp_rest = jnp.maximum(1.0, fsdp / ep)
         dp_rest = dp * fsdp / (ep * fsdp_rest)
         p_experts = experts / (tp * pp * ep * fsdp_rest)

@@ -159,6 +159,8 @@ class TransformerConfig:
         "sigmoid" per expert, the top-k renormalised (DeepSeek-V3, arXiv:2412.19437 eq. 13-15).
       capacity_factor: None = dropless (tokens sorted by expert, grouped matmul); a number =
         dense dispatch with ceil(capacity_factor * tokens * k / n_experts) slots per expert.
+      aux_loss_coef: weight of the load-balancing loss added to the training loss (Switch
+        Transformer's alpha, Fedus et al. 2022 eq. 4; 0.01 there, Mixtral 0.02, Qwen3-MoE 0.001).
       Routed experts and the router have no biases (none of the public MoE checkpoints has them).
 
     Attention kind:
@@ -215,6 +217,7 @@ class TransformerConfig:
     dense_layers: int = 0
     router: Literal["softmax", "sigmoid"] = "softmax"
     capacity_factor: float | None = None
+    aux_loss_coef: float = 0.01
     attention_kind: Literal["mha", "mla"] = "mha"
     q_lora_rank: int | None = None
     kv_lora_rank: int | None = None
@@ -309,11 +312,15 @@ class TransformerConfig:
                 raise ValueError(f"{name}={value!r}: must be a Python int >= 0")
         _check_choice("router", self.router, ROUTERS)
         _check_optional_positive_float("capacity_factor", self.capacity_factor)
+        a = self.aux_loss_coef
+        if isinstance(a, bool) or not isinstance(a, numbers.Real) or not math.isfinite(a) or a < 0:
+            raise ValueError(f"aux_loss_coef={a!r}: must be a finite number >= 0 (0 = no load-balancing loss)")
         n, k = self.n_experts, self.experts_per_token
         if n is None:
             given = [f"{name}={getattr(self, name)!r}" for name, unset in (
                 ("experts_per_token", None), ("n_shared_experts", 0), ("d_ff_expert", None),
-                ("d_ff_shared", None), ("dense_layers", 0), ("router", "softmax"), ("capacity_factor", None))
+                ("d_ff_shared", None), ("dense_layers", 0), ("router", "softmax"), ("capacity_factor", None),
+                ("aux_loss_coef", 0.01))
                 if not (getattr(self, name) is unset or (unset is not None and getattr(self, name) == unset))]
             if given:
                 raise ValueError(f"{', '.join(given)}: only with a mixture of experts; set n_experts "
@@ -451,6 +458,8 @@ class TransformerConfig:
     @property
     def rotary_dim(self):
         """Dims of each head that RoPE rotates: int(head_dim * rotary_fraction), as GPT-NeoX."""
+        if self.is_mla:
+            return self.qk_rope_head_dim  # latent attention rotates only its decoupled dims
         hd = self.resolved_head_dim
         if self.rotary_fraction == 1:
             return hd

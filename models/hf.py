@@ -56,7 +56,8 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3", "GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForCausalLM": "gemma3_text", "Phi3ForCausalLM": "phi3", "Olmo2ForCausalLM": "olmo2",
     "FalconForCausalLM": "falcon", "Starcoder2ForCausalLM": "starcoder2",
-    "NemotronForCausalLM": "nemotron",
+    "NemotronForCausalLM": "nemotron", "MixtralForCausalLM": "mixtral", "Qwen3MoeForCausalLM": "qwen3_moe",
+    "OlmoeForCausalLM": "olmoe", "DeepseekV2ForCausalLM": "deepseek_v2", "DeepseekV3ForCausalLM": "deepseek_v3",
 }
 #: Other names of the same families.
 ALIASES = {"RefinedWebModel": "falcon", "RefinedWeb": "falcon", "gemma3": "gemma3_text"}
@@ -404,11 +405,86 @@ def _map_nemotron(r: _Reader) -> None:
     r.get("rope_percentage", None)
 
 
+def _experts(r: _Reader, n_key: str, width_key: str | None = None) -> None:
+    """The routed experts of a MoE family: count, top-k, width (None: intermediate_size), and the
+    settings that change values but no shape (top-k renormalisation, router logits output,
+    training-time jitter), listed as ignored."""
+    r.take("n_experts", n_key, conv=_int(n_key))
+    r.take("experts_per_token", "num_experts_per_tok", conv=_int("num_experts_per_tok"))
+    if width_key is not None:
+        r.take("d_ff_expert", width_key, conv=_int(width_key))
+    coef = r.get(("router_aux_loss_coef", "aux_loss_alpha"), None)
+    if coef is not None:
+        r.set("aux_loss_coef", float(coef), "router_aux_loss_coef / aux_loss_alpha")
+    for key in ("norm_topk_prob", "output_router_logits", "router_jitter_noise", "router_z_loss_coef"):
+        r.ignore(key)
+
+
+def _map_mixtral(r: _Reader) -> None:
+    # modeling_mixtral: Mistral attention, every layer a sparse MoE of num_local_experts SwiGLU
+    # experts of width intermediate_size, a bias-free softmax router (Jiang et al. 2024, §2.1).
+    _common_llama(r, tied_default=False)
+    r.take("sliding_window", "sliding_window", None)
+    _experts(r, "num_local_experts")
+
+
+def _map_qwen3_moe(r: _Reader) -> None:
+    # modeling_qwen3_moe: Qwen3 attention (QK-norm per head), experts of moe_intermediate_size;
+    # decoder_sparse_step / mlp_only_layers say which layers keep the dense MLP.
+    _map_qwen3(r)
+    _experts(r, "num_experts", "moe_intermediate_size")
+    r.reject("decoder_sparse_step", lambda v: v != 1, "(MoE only every k-th layer) is not supported; only 1")
+    r.reject("mlp_only_layers", lambda v: bool(v), "(dense layers between MoE layers) is not supported; only []")
+
+
+def _map_olmoe(r: _Reader) -> None:
+    # modeling_olmoe: pre-norm, QK-norm (RMSNorm) over the whole q and k projections, every layer
+    # a MoE of num_experts experts of width intermediate_size (Muennighoff et al. 2024, §2).
+    _common_llama(r, tied_default=False)
+    r.set("bias", bool(r.get("attention_bias", False)), "attention_bias")
+    r.set("qk_norm", "full", "(family: q_norm, k_norm over the whole projection)")
+    r.reject("clip_qkv", lambda v: v is not None, "(clipped q, k, v) is not supported; only null")
+    _experts(r, "num_experts")
+
+
+def _map_deepseek(r: _Reader) -> None:
+    # modeling_deepseek_v2 / _v3: multi-head latent attention (DeepSeek-V2 §2.1), the first
+    # first_k_dense_replace layers dense (intermediate_size), then n_routed_experts experts of
+    # moe_intermediate_size and n_shared_experts shared ones; scoring_func softmax (V2) or sigmoid
+    # (V3). Group-limited routing (n_group, topk_group, topk_method), the routed scaling factor
+    # and the multi-token-prediction module (num_nextn_predict_layers: not part of the main
+    # model's published count, DeepSeek-V3 report §2.2) change no shape of the main model.
+    _common_llama(r, tied_default=False)
+    r.set("attention_kind", "mla", "(family: multi-head latent attention)")
+    r.take("head_dim", "qk_nope_head_dim", conv=_int("qk_nope_head_dim"))
+    r.get("head_dim", None)
+    r.take("q_lora_rank", "q_lora_rank", None)
+    r.take("kv_lora_rank", "kv_lora_rank", conv=_int("kv_lora_rank"))
+    r.take("qk_rope_head_dim", "qk_rope_head_dim", conv=_int("qk_rope_head_dim"))
+    v = r.get("v_head_dim", None)
+    r.set("v_head_dim", None if v is None or v == r.fields["head_dim"] else _int("v_head_dim")(v), "v_head_dim")
+    r.set("bias", bool(r.get("attention_bias", False)), "attention_bias")
+    _experts(r, "n_routed_experts", "moe_intermediate_size")
+    shared = r.get("n_shared_experts", None)
+    r.set("n_shared_experts", 0 if shared is None else _int("n_shared_experts")(shared), "n_shared_experts")
+    r.take("dense_layers", "first_k_dense_replace", 0, conv=_int("first_k_dense_replace"))
+    r.reject("moe_layer_freq", lambda v: v != 1, "(MoE only every k-th layer) is not supported; only 1")
+    score = r.get("scoring_func", "softmax")
+    if score not in ("softmax", "sigmoid"):
+        raise ValueError(f"{r.family} config.json: scoring_func={score!r}: only 'softmax' and 'sigmoid'")
+    r.set("router", score, "scoring_func")
+    for key in ("topk_method", "n_group", "topk_group", "routed_scaling_factor", "seq_aux", "ep_size",
+                "num_nextn_predict_layers"):
+        r.ignore(key)
+
+
 FAMILIES: dict[str, Callable[[_Reader], None]] = {
     "gpt2": _map_gpt2, "gpt_neox": _map_gpt_neox, "gptj": _map_gptj, "llama": _map_llama,
     "mistral": _map_mistral, "qwen2": _map_qwen2, "qwen3": _map_qwen3, "gemma": _map_gemma,
     "gemma2": _map_gemma2, "gemma3_text": _map_gemma3, "phi3": _map_phi3, "olmo2": _map_olmo2,
     "falcon": _map_falcon, "starcoder2": _map_starcoder2, "nemotron": _map_nemotron,
+    "mixtral": _map_mixtral, "qwen3_moe": _map_qwen3_moe, "olmoe": _map_olmoe,
+    "deepseek_v2": _map_deepseek, "deepseek_v3": _map_deepseek,
 }
 
 
@@ -558,7 +634,28 @@ _WRITERS: dict[str, Callable[[TransformerConfig], dict]] = {
     "nemotron": lambda c: {**_llama_like(c, "nemotron", hidden_act=_act_name(c), norm_eps=c.norm_eps,
                                          partial_rotary_factor=c.rotary_fraction, attention_bias=c.bias,
                                          mlp_bias=c.resolved_mlp_bias)},
+    "mixtral": lambda c: _llama_like(c, "mixtral", sliding_window=c.sliding_window, **_moe_hf(c, "num_local_experts")),
+    "qwen3_moe": lambda c: _llama_like(c, "qwen3_moe", attention_bias=c.bias, moe_intermediate_size=c.d_ff_expert,
+                                       **_moe_hf(c, "num_experts")),
+    "olmoe": lambda c: _llama_like(c, "olmoe", attention_bias=c.bias, **_moe_hf(c, "num_experts")),
+    "deepseek_v2": lambda c: _deepseek_hf(c, "deepseek_v2"),
+    "deepseek_v3": lambda c: _deepseek_hf(c, "deepseek_v3"),
 }
+
+
+def _moe_hf(c: TransformerConfig, n_key: str) -> dict:
+    return {n_key: c.n_experts, "num_experts_per_tok": c.experts_per_token, "router_aux_loss_coef": c.aux_loss_coef}
+
+
+def _deepseek_hf(c: TransformerConfig, model_type: str) -> dict:
+    d = _llama_like(c, model_type, attention_bias=c.bias, qk_nope_head_dim=c.head_dim, q_lora_rank=c.q_lora_rank,
+                    kv_lora_rank=c.kv_lora_rank, qk_rope_head_dim=c.qk_rope_head_dim,
+                    v_head_dim=c.resolved_v_head_dim, n_routed_experts=c.n_experts,
+                    num_experts_per_tok=c.experts_per_token, n_shared_experts=c.n_shared_experts,
+                    moe_intermediate_size=c.d_ff_expert, first_k_dense_replace=c.dense_layers,
+                    moe_layer_freq=1, scoring_func=c.router, aux_loss_alpha=c.aux_loss_coef)
+    d.pop("head_dim", None)
+    return d
 
 
 def _clean(d: dict) -> dict:

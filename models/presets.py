@@ -20,6 +20,9 @@ class Preset(NamedTuple):
     #: Parameter count the model's publisher reports (None for the small test shapes).
     published_params: int | None = None
     published_source: str | None = None
+    #: Half a unit of the published figure's last digit when it is rounded (DeepSeek-V3's "671B"):
+    #: the count must lie within it; 0 = the published count is exact.
+    published_rounding: int = 0
 
 
 _HF = "https://huggingface.co/{}/blob/main/config.json"
@@ -184,6 +187,54 @@ _PRESETS: dict[str, Preset] = {
                           bias=False, norm_offset=True, norm_bias=True, rotary_fraction=0.5),
         _HF.format("nvidia/Minitron-4B-Base"),
     ),
+    # Mixtures of experts (models/data/hf/ holds each config.json; README there gives the sources).
+    "mixtral-8x7b": Preset(
+        # Mixtral (Jiang et al. 2024, arXiv:2401.04088 §2.1): Mistral 7B's attention, every layer
+        # 8 SwiGLU experts of 14336, top-2 softmax router. Paper: 46.7B total, 12.9B active.
+        _llama(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
+               seq_len=32768, rope_theta=1_000_000.0, n_experts=8, experts_per_token=2, aux_loss_coef=0.02),
+        _HF.format("mistralai/Mixtral-8x7B-v0.1"), 46_702_792_704,
+        "Hugging Face safetensors.total of mistralai/Mixtral-8x7B-v0.1 (46.7B, Jiang et al. 2024)",
+    ),
+    "qwen3-30b-a3b": Preset(
+        # Qwen3-MoE (Qwen Team 2025, arXiv:2505.09388 Table 2): 128 experts of 768, top-8, no
+        # shared experts, QK-norm per head. Model card: 30.5B total, 3.3B activated.
+        _llama(vocab_size=151936, d_model=2048, n_layers=48, n_heads=32, n_kv_heads=4, head_dim=128,
+               d_ff=6144, seq_len=40960, rope_theta=1_000_000.0, norm_eps=1e-6, qk_norm="head",
+               n_experts=128, experts_per_token=8, d_ff_expert=768, aux_loss_coef=0.001),
+        _HF.format("Qwen/Qwen3-30B-A3B"), 30_532_122_624,
+        "GGUF general.parameter_count of Qwen3-30B-A3B (every tensor of the checkpoint), quoted in public code",
+    ),
+    "olmoe-1b-7b": Preset(
+        # OLMoE (Muennighoff et al. 2024, arXiv:2409.02060 Table 1): 64 experts of 1024, top-8,
+        # QK-norm over the whole q and k. Paper: 6.9B total, 1.3B active.
+        _llama(vocab_size=50304, d_model=2048, n_layers=16, n_heads=16, d_ff=1024, seq_len=4096,
+               qk_norm="full", n_experts=64, experts_per_token=8),
+        _HF.format("allenai/OLMoE-1B-7B-0924"), 6_919_161_856,
+        "Hugging Face safetensors parameter count (F32) of allenai/OLMoE-1B-7B-0924, quoted in public code",
+    ),
+    "deepseek-v3": Preset(
+        # DeepSeek-V3 (DeepSeek-AI 2024, arXiv:2412.19437 §2 and §4.2): MLA (q rank 1536, kv rank 512,
+        # 64 rotary dims), first 3 layers dense (18432), then 256 routed experts of 2048 (top-8,
+        # sigmoid router) + 1 shared. Report: 671B total, 37B activated, the MTP module excluded.
+        _llama(vocab_size=129280, d_model=7168, n_layers=61, n_heads=128, head_dim=128, d_ff=18432,
+               seq_len=163840, norm_eps=1e-6, attention_kind="mla", q_lora_rank=1536, kv_lora_rank=512,
+               qk_rope_head_dim=64, n_experts=256, experts_per_token=8, n_shared_experts=1, d_ff_expert=2048,
+               dense_layers=3, router="sigmoid", aux_loss_coef=0.001),
+        _HF.format("deepseek-ai/DeepSeek-V3"), 671_000_000_000,
+        "DeepSeek-V3 report (arXiv:2412.19437) abstract and §4.2: 671B total (the main model; rounded)",
+        500_000_000,
+    ),
+    "deepseek-v2-lite": Preset(
+        # DeepSeek-V2-Lite (DeepSeek-AI 2024, arXiv:2405.04434 App. B): MLA without q compression,
+        # first layer dense, 64 routed experts of 1408 (top-6, softmax) + 2 shared. 15.7B total.
+        _llama(vocab_size=102400, d_model=2048, n_layers=27, n_heads=16, head_dim=128, d_ff=10944,
+               seq_len=163840, norm_eps=1e-6, attention_kind="mla", kv_lora_rank=512, qk_rope_head_dim=64,
+               n_experts=64, experts_per_token=6, n_shared_experts=2, d_ff_expert=1408, dense_layers=1,
+               aux_loss_coef=0.001),
+        _HF.format("deepseek-ai/DeepSeek-V2-Lite"), 15_706_484_224,
+        "Hugging Face safetensors.total of deepseek-ai/DeepSeek-V2-Lite (15.7B, DeepSeek-V2 report App. B)",
+    ),
     # Small shapes for tests and quick experiments (not public models).
     "tiny-gpt": Preset(
         TransformerConfig(vocab_size=97, d_model=48, n_layers=2, n_heads=4, d_ff=96, seq_len=16),
@@ -197,6 +248,17 @@ _PRESETS: dict[str, Preset] = {
         _llama(vocab_size=89, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=24,
                d_ff=80, seq_len=16, mlp="geglu", tied_embeddings=True, embed_scale=True),
         "test shape: Gemma style, head_dim != d_model / n_heads",
+    ),
+    "tiny-moe": Preset(
+        _llama(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, seq_len=16,
+               n_experts=4, experts_per_token=2, d_ff_expert=24, n_shared_experts=1, dense_layers=1),
+        "test shape: Mixtral/DeepSeekMoE style, one dense layer, 4 experts top-2, one shared",
+    ),
+    "tiny-mla": Preset(
+        _llama(vocab_size=89, d_model=32, n_layers=2, n_heads=4, head_dim=8, d_ff=48, seq_len=16,
+               attention_kind="mla", q_lora_rank=16, kv_lora_rank=12, qk_rope_head_dim=4, v_head_dim=6,
+               n_experts=4, experts_per_token=1, d_ff_expert=16, router="sigmoid"),
+        "test shape: DeepSeek-V3 style, latent attention and a sigmoid-routed MoE",
     ),
 }
 

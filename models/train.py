@@ -65,7 +65,7 @@ def abstract_model(cfg: TransformerConfig, *, scan_layers: bool = False, dtype=j
 
     if scan_layers or cfg.n_layers <= 2:
         return nnx.eval_shape(lambda: build(cfg))
-    model = nnx.eval_shape(lambda: build(dataclasses.replace(cfg, n_layers=1)))
+    model = nnx.eval_shape(lambda: build(dataclasses.replace(cfg, n_layers=1, dense_layers=0)))  # layers replaced below
     model.layers = nnx.List([nnx.eval_shape(lambda i=i: make_layer(cfg, i, rngs=nnx.Rngs(i + 1), dtype=dtype,
                                                                   layout=layout))
                              for i in range(cfg.n_layers)])
@@ -80,10 +80,18 @@ def adamw(learning_rate: float = 3e-4, *, b1: float = 0.9, b2: float = 0.95,
 
 
 def lm_loss(model: Transformer, inputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean next-token cross-entropy of ``model(inputs)`` against ``targets`` (both (batch, seq))."""
-    logits = model(inputs)
+    """Mean next-token cross-entropy of ``model(inputs)`` against ``targets`` (both (batch, seq));
+    for a mixture of experts plus ``aux_loss_coef`` times the load-balancing loss (`models.moe`)."""
+    if model.cfg.is_moe:
+        logits, aux = model(inputs, return_aux=True)
+    else:
+        logits, aux = model(inputs), None
     with jax.named_scope("loss"):
-        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    if aux is None or model.cfg.aux_loss_coef == 0:
+        return loss
+    with jax.named_scope("router"):
+        return loss + model.cfg.aux_loss_coef * aux
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx", "micro_batches", "param_dtype"),

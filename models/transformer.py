@@ -198,7 +198,7 @@ def _core_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, softcap_at=None
     with scope("softmax"):
         probs = jax.nn.softmax(scores, axis=-1)
     with scope("attn_values"):
-        return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, kv * g * hd)
+        return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, -1)  # v's width may differ (MLA)
 
 
 #: Layout.remat -> the jax.checkpoint policy each block is wrapped in ("selective" checkpoints
@@ -241,22 +241,30 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    """One transformer block: pre-norm, or the placement / parallel form the config names."""
+    """One transformer block: pre-norm, or the placement / parallel form the config names.
+
+    Its attention is `Attention`, or `models.mla.MLAttention` for ``attention_kind="mla"``; its
+    MLP is `MLP`, or `models.moe.MoE` when ``moe`` (None: ``cfg.is_moe``; `make_layer` passes
+    ``cfg.layer_is_moe(index)``). `forward` also returns the layer's load-balancing loss."""
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 layout: Layout | None = None):
+                 layout: Layout | None = None, moe: bool | None = None):
+        from models.mla import MLAttention
+        from models.moe import MoE
+
         placement = cfg.norm_placement
         self.placement, self.parallel = placement, cfg.parallel_residual
         self.attn_norm = _norm(cfg, rngs=rngs, dtype=dtype) if placement != "post" else None
-        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, layout=layout)
+        self.attn = (MLAttention if cfg.is_mla else Attention)(cfg, rngs=rngs, dtype=dtype, layout=layout)
         self.mlp_norm = (_norm(cfg, rngs=rngs, dtype=dtype)
                          if placement != "post" and not cfg.shared_norm else None)
-        self.mlp = MLP(cfg, rngs=rngs, dtype=dtype)
+        moe = cfg.is_moe if moe is None else moe
+        self.mlp = MoE(cfg, rngs=rngs, dtype=dtype) if moe else MLP(cfg, rngs=rngs, dtype=dtype)
         post = placement in ("sandwich", "post")
         self.attn_post_norm = _norm(cfg, rngs=rngs, dtype=dtype) if post else None
         self.mlp_post_norm = _norm(cfg, rngs=rngs, dtype=dtype) if post else None
 
-    def _arch_call(self, x: jax.Array, rope, window) -> jax.Array:
+    def _arch_call(self, x: jax.Array, rope, window, mlp) -> jax.Array:
         """The blocks that are not plain pre-norm: parallel (GPT-J, GPT-NeoX; Wang & Komatsuzaki
         2021), sandwich (Gemma 2) and post-sublayer norms (OLMo 2, OLMo et al. 2024)."""
         def normed(norm, h):
@@ -268,19 +276,36 @@ class Block(nnx.Module):
         if self.parallel:
             a = normed(self.attn_norm, x)
             m = a if self.mlp_norm is None else normed(self.mlp_norm, x)
-            a, m = self.attn(a, rope, window), self.mlp(m)
+            a, m = self.attn(a, rope, window), mlp(m)
             with scope("residual"):
                 return x + a + m
         h = normed(self.attn_post_norm, self.attn(normed(self.attn_norm, x), rope, window))
         with scope("residual"):
             x = x + h
-        h = normed(self.mlp_post_norm, self.mlp(normed(self.mlp_norm, x)))
+        h = normed(self.mlp_post_norm, mlp(normed(self.mlp_norm, x)))
         with scope("residual"):
             return x + h
 
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, window=None) -> jax.Array:
+        return self.forward(x, rope, window)[0]
+
+    def forward(self, x: jax.Array, rope, window=None) -> tuple[jax.Array, jax.Array]:
+        """(the block's output, its MoE load-balancing loss: 0 for a dense MLP)."""
+        aux = []
+
+        def mlp(h):
+            out = self.mlp(h)
+            if isinstance(out, tuple):
+                aux.append(out[1])
+                return out[0]
+            return out
+
+        y = self._call(x, rope, window, mlp)
+        return y, (aux[0] if aux else jnp.zeros((), jnp.float32))
+
+    def _call(self, x: jax.Array, rope, window, mlp) -> jax.Array:
         if self.parallel or self.placement != "pre":
-            return self._arch_call(x, rope, window)
+            return self._arch_call(x, rope, window, mlp)
         with scope("norms"):
             h = constrain(self.attn_norm(x), "block_input")
         h = self.attn(h, rope, window)
@@ -288,7 +313,7 @@ class Block(nnx.Module):
             x = constrain(x + h, "residual")
         with scope("norms"):
             h = constrain(self.mlp_norm(x), "block_input")
-        h = self.mlp(h)
+        h = mlp(h)
         with scope("residual"):
             return constrain(x + h, "residual")
 
@@ -297,8 +322,7 @@ def make_layer(cfg: TransformerConfig, index: int, *, rngs: nnx.Rngs, dtype=jnp.
                layout: Layout | None = None) -> Block:
     """Layer ``index`` of the unrolled model (`Transformer` builds each layer with it, and
     `models.abstract_model` builds the layers of an abstract model one at a time with it)."""
-    del index  # every layer is alike; a per-layer option would read it here
-    return Block(cfg, rngs=rngs, dtype=dtype, layout=layout)
+    return Block(cfg, rngs=rngs, dtype=dtype, layout=layout, moe=cfg.layer_is_moe(index))
 
 
 class Transformer(nnx.Module):
@@ -328,6 +352,9 @@ class Transformer(nnx.Module):
         if layout is not None and not isinstance(layout, Layout):
             raise ValueError(f"layout={layout!r}: must be a models.Layout (e.g. Layout.parse('remat=full'))")
         layout = Layout() if layout is None else layout
+        if scan_layers and cfg.is_moe and cfg.dense_layers:
+            raise ValueError(f"scan_layers=True with dense_layers={cfg.dense_layers}: the scanned layers must be "
+                             "alike, and the first dense_layers have a dense MLP; use scan_layers=False")
         self.cfg = cfg
         self.remat = layout.remat
         self.scan_layers = scan_layers
@@ -342,7 +369,7 @@ class Transformer(nnx.Module):
             @nnx.split_rngs(splits=cfg.n_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0)
             def stack(rngs: nnx.Rngs) -> Block:
-                return Block(cfg, rngs=rngs, dtype=dtype, layout=layout)
+                return Block(cfg, rngs=rngs, dtype=dtype, layout=layout, moe=cfg.is_moe)
 
             self.layers = stack(rngs)
         else:
@@ -354,7 +381,9 @@ class Transformer(nnx.Module):
             else _linear(cfg.d_model, cfg.vocab_size, "embed", "vocab", bias=cfg.head_bias, dtype=dtype, rngs=rngs)
         )
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def __call__(self, tokens: jax.Array, *, return_aux: bool = False):
+        """Logits (batch, seq, vocab); with ``return_aux``, (logits, the MoE load-balancing loss
+        averaged over the MoE layers: 0 for a dense model)."""
         cfg = self.cfg
         t = tokens.shape[1]
         if self.pos_embed is not None and t > cfg.seq_len:
@@ -381,40 +410,51 @@ class Transformer(nnx.Module):
                 rope = jax.lax.stop_gradient(rope_tables(t, cfg.rotary_dim, cfg.rope_theta))
 
         def apply(block, x, rope, window=None):
-            return block(x, rope, window)
+            return block.forward(x, rope, window)
 
         if self.remat in REMAT_POLICIES:
             apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
+        aux = jnp.zeros((), jnp.float32)
         if cfg.sliding_window is not None:
-            x = self._windowed_layers(x, rope, apply)
+            x, aux = self._windowed_layers(x, rope, apply)
         elif self.scan_layers:
             @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry)
-            def run(x, block, rope):
-                return apply(block, x, rope)
+            def run(carry, block, rope):
+                x, aux = carry
+                x, a = apply(block, x, rope)
+                return x, aux + a
 
-            x = run(x, self.layers, rope)
+            x, aux = run((x, aux), self.layers, rope)
         else:
             for block in self.layers:
-                x = apply(block, x, rope)  # window None: full causal attention
+                x, a = apply(block, x, rope)  # window None: full causal attention
+                aux = aux + a
 
         with scope("norms"):
             x = self.final_norm(x)
         with scope("logits"):
             logits = (jnp.dot(x, table.T.astype(x.dtype)) if self.head is None else self.head(x))
             logits = logits if cfg.final_softcap is None else softcap(logits, cfg.final_softcap)
-            return constrain(logits, "logits")
+            logits = constrain(logits, "logits")
+        if not return_aux:
+            return logits
+        return logits, (aux / cfg.moe_layers if cfg.is_moe else aux)
 
-    def _windowed_layers(self, x: jax.Array, rope, apply) -> jax.Array:
+    def _windowed_layers(self, x: jax.Array, rope, apply) -> tuple[jax.Array, jax.Array]:
         """The layers with a per-layer attention window (``cfg.layer_windows()``; a global
         layer's window is the sequence length). Scanned, the windows are a scanned int32 input."""
         t = x.shape[1]
         windows = [t if w is None else w for w in self.cfg.layer_windows()]
         if self.scan_layers:
             @nnx.scan(in_axes=(nnx.Carry, 0, None, 0), out_axes=nnx.Carry)
-            def run(x, block, rope, window):
-                return apply(block, x, rope, window)
+            def run(carry, block, rope, window):
+                x, aux = carry
+                x, a = apply(block, x, rope, window)
+                return x, aux + a
 
-            return run(x, self.layers, rope, jnp.asarray(windows, jnp.int32))
+            return run((x, jnp.zeros((), jnp.float32)), self.layers, rope, jnp.asarray(windows, jnp.int32))
+        aux = jnp.zeros((), jnp.float32)
         for block, window in zip(self.layers, windows):
-            x = apply(block, x, rope, window)
-        return x
+            x, a = apply(block, x, rope, window)
+            aux = aux + a
+        return x, aux

@@ -29,7 +29,8 @@ from planner.params import count_params
 
 _BOOL_FIELDS = ("tied_embeddings", "bias", "embed_scale", "qkv_bias", "norm_offset", "norm_bias", "mlp_bias",
                 "head_bias", "parallel_residual", "shared_norm")
-_FLOAT_FIELDS = ("rope_theta", "norm_eps", "rotary_fraction", "attn_softcap", "final_softcap", "capacity_factor")
+_FLOAT_FIELDS = ("rope_theta", "norm_eps", "rotary_fraction", "attn_softcap", "final_softcap", "capacity_factor",
+                 "aux_loss_coef")
 #: Fields that take "none" (besides the optional sizes).
 _NULLABLE_FIELDS = ("qkv_bias", "norm_bias", "mlp_bias", "qk_norm", "sliding_window", "global_every",
                     "attn_softcap", "final_softcap", "capacity_factor") + MOE_SIZE_FIELDS + MLA_SIZE_FIELDS
@@ -209,7 +210,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", metavar="NAME", help=f"a named config: {', '.join(presets.names())}")
     p.add_argument("--hf", metavar="CONFIG_JSON",
                    help="a Hugging Face config.json (gpt2, gpt_neox, gptj, llama, mistral, qwen2, qwen3, gemma, "
-                        "gemma2, gemma3_text, phi3, olmo2, falcon, starcoder2, nemotron)")
+                        "gemma2, gemma3_text, phi3, olmo2, falcon, starcoder2, nemotron, mixtral, qwen3_moe, olmoe, "
+                        "deepseek_v2, deepseek_v3)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override one config field (repeatable), e.g. --set n_layers=6")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

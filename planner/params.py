@@ -15,8 +15,10 @@ from models.config import ALL_SIZE_FIELDS, TransformerConfig, is_relaxed
 
 #: Component names, in the order of the forward pass. Every count has all of them (0 if absent).
 PARAM_COMPONENTS = (
-    "embedding", "position", "attn_norm", "q", "k", "v", "qk_norm", "attn_out", "attn_post_norm",
-    "mlp_norm", "mlp_in", "mlp_gate", "mlp_out", "mlp_post_norm", "final_norm", "head",
+    "embedding", "position", "attn_norm", "q", "k", "v", "qk_norm",
+    "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b", "attn_out", "attn_post_norm",
+    "mlp_norm", "mlp_in", "mlp_gate", "mlp_out", "router", "experts", "shared_experts",
+    "mlp_post_norm", "final_norm", "head",
 )
 #: The components that count as embedding parameters (Kaplan et al. 2020 exclude these from N).
 EMBEDDING_COMPONENTS = ("embedding", "position", "head")
@@ -30,12 +32,16 @@ class ParamCount(NamedTuple):
       embedding: token embedding + learned positions + the untied output head.
       non_embedding: total - embedding (Kaplan et al.'s N).
       components: parameters per component, summed over layers (keys: `PARAM_COMPONENTS`).
+      active: parameters one token's forward pass touches: total less the
+        (n_experts - experts_per_token) routed experts it is not sent to, in every MoE layer
+        (embedding and head counted as in ``total``). Equal to ``total`` for a dense model.
     """
 
     total: Any
     embedding: Any
     non_embedding: Any
     components: dict[str, Any]
+    active: Any = None
 
 
 def require_config(cfg) -> None:
@@ -120,7 +126,63 @@ def param_components(cfg: TransformerConfig) -> dict[str, Any]:
         "final_norm": _norm(cfg),
         "head": 0 if cfg.tied_embeddings else _linear(d, cfg.vocab_size, cfg.head_bias),
     }
-    return {name: comps[name] for name in PARAM_COMPONENTS}
+    comps.update(_mla_components(cfg))
+    comps.update(_moe_components(cfg))
+    return {name: comps.get(name, 0) for name in PARAM_COMPONENTS}
+
+
+def _mlp_matrices(cfg: TransformerConfig) -> int:
+    return 3 if cfg.gated else 2
+
+
+def expert_params(cfg: TransformerConfig):
+    """Parameters of one routed expert: an MLP of the config's kind, d_ff_expert wide, no biases."""
+    return _mlp_matrices(cfg) * cfg.d_model * cfg.resolved_d_ff_expert
+
+
+def _moe_components(cfg: TransformerConfig) -> dict[str, Any]:
+    """The MoE layers' MLPs (Shazeer et al. 2017; Fedus et al. 2022; DeepSeekMoE, Dai et al. 2024):
+    a router (d_model x n_experts; with the sigmoid router also DeepSeek-V3's per-expert
+    selection bias b_i, arXiv:2412.19437 eq. 16, stored in the checkpoint as
+    ``e_score_correction_bias``), n_experts routed experts and n_shared_experts shared ones, each a
+    bias-free MLP. The first ``dense_layers`` keep the dense MLP (``mlp_*``); the MoE layers have none."""
+    if not cfg.is_moe:
+        return {}
+    moe, dense = cfg.moe_layers, cfg.dense_layers
+    d, mlp_bias = cfg.d_model, cfg.resolved_mlp_bias
+    ff = cfg.d_ff
+    router = d * cfg.n_experts + (cfg.n_experts if cfg.router == "sigmoid" else 0)
+    return {
+        "mlp_in": dense * _linear(d, ff, mlp_bias),
+        "mlp_gate": dense * _linear(d, ff, mlp_bias) if cfg.gated else 0,
+        "mlp_out": dense * _linear(ff, d, mlp_bias),
+        "router": moe * router,
+        "experts": moe * cfg.n_experts * expert_params(cfg),
+        "shared_experts": moe * cfg.n_shared_experts * _mlp_matrices(cfg) * d * cfg.resolved_d_ff_shared,
+    }
+
+
+def _mla_components(cfg: TransformerConfig) -> dict[str, Any]:
+    """Multi-head latent attention (DeepSeek-V2, arXiv:2405.04434 §2.1, eqs. 9-10 and 12-14):
+    q = W_UQ norm(W_DQ x) (or W_Q x without q_lora_rank); one down-projection of x to the kv
+    latent c_KV (kv_lora_rank) and the shared rotary key (qk_rope_head_dim) together
+    (``kv_a_proj_with_mqa``), an RMSNorm on the latent, and its up-projection to every head's
+    non-rotary key (head_dim) and value (v_head_dim). No biases; attn_out maps
+    n_heads * v_head_dim back to d_model."""
+    if not cfg.is_mla:
+        return {}
+    d, h, L = cfg.d_model, cfg.n_heads, cfg.n_layers
+    qk, rope, v_hd = cfg.qk_head_dim, cfg.qk_rope_head_dim, cfg.resolved_v_head_dim
+    r_q, r_kv = cfg.q_lora_rank, cfg.kv_lora_rank
+    out = {"k": 0, "v": 0, "qk_norm": 0}
+    if r_q is None:
+        out["q"] = L * d * h * qk
+    else:
+        out.update(q=0, q_a=L * d * r_q, q_a_norm=L * _norm(cfg, r_q), q_b=L * r_q * h * qk)
+    out.update(kv_a=L * d * (r_kv + rope), kv_a_norm=L * _norm(cfg, r_kv),
+               kv_b=L * r_kv * h * (cfg.resolved_head_dim + v_hd),
+               attn_out=L * _linear(h * v_hd, d, cfg.bias))
+    return out
 
 
 def count_params(cfg: TransformerConfig) -> ParamCount:
@@ -131,7 +193,12 @@ def count_params(cfg: TransformerConfig) -> ParamCount:
       >>> count_params(presets.get("gpt2")).total  # Hugging Face gpt2: 124,439,808
       124439808
     """
-    comps = param_components(promote(cfg))
+    cfg = promote(cfg)
+    comps = param_components(cfg)
     total = sum(comps.values())
     embedding = sum(comps[name] for name in EMBEDDING_COMPONENTS)
-    return ParamCount(total=total, embedding=embedding, non_embedding=total - embedding, components=comps)
+    active = total
+    if cfg.is_moe:
+        active = total - cfg.moe_layers * (cfg.n_experts - cfg.experts_per_token) * expert_params(cfg)
+    return ParamCount(total=total, embedding=embedding, non_embedding=total - embedding, components=comps,
+                      active=active)

@@ -19,8 +19,10 @@ def test_published_parameter_count(name):
     # Published numbers: Hugging Face transformers model.num_parameters() for each model's
     # released config (sources in models/presets.py). Gemma's non-embedding count also equals
     # Gemma Team 2024, Table 2 (1,981,884,416).
+    # DeepSeek-V3's "671B" is rounded (published_rounding; tests/test_moe_params.py has the exact
+    # check against its checkpoint's tensor count).
     p = presets.info(name)
-    assert count_params(p.config).total == p.published_params
+    assert abs(count_params(p.config).total - p.published_params) <= p.published_rounding
 
 
 def test_gemma_non_embedding_matches_paper():

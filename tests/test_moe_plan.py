@@ -57,6 +57,12 @@ def test_moe_counts_by_hand():
     assert c["total"] == non_emb + 256 * d  # the tied embedding
     assert c["active"] == c["total"] - layers * 6 * 3 * d * 64  # 6 of 8 experts idle per token
     assert all(isinstance(v, int) for v in c.values())
+    # the same counts as planner.count_params of the MoE model (issue 16's closed form)
+    from planner import count_params
+
+    pc = count_params(m)
+    assert (pc.non_embedding, pc.total, pc.active) == (c["non_embedding"], c["total"], c["active"])
+    assert pc.components["experts"] == layers * experts and pc.components["router"] == layers * router
     mem = expert_memory(m, chips=4)
     assert mem["expert_params"] == layers * experts and mem["bytes_per_chip"] == layers * experts * 16 / 4
 

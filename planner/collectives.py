@@ -452,27 +452,41 @@ def _dense_layers_here(cfg: TransformerConfig, layers):
 
 
 def ep_groups(layout: Layout) -> dict[str, int]:
-    """How the expert-parallel group is carved from the data chips: ``ep_fsdp = gcd(ep, fsdp)``
-    of its chips from the fsdp axis, ``ep_dp = ep / ep_fsdp`` from dp (always whole: ep divides
-    dp x fsdp). What is left shards or replicates the expert weights as FSDP and DP do the
-    dense ones: ``fsdp_rest = fsdp / ep_fsdp``, ``dp_rest = dp / ep_dp`` (the "expert data
-    parallel" degree is fsdp_rest x dp_rest; DeepSpeed-MoE, Rajbhandari et al. 2022 §4.1)."""
+    """How the expert-parallel group is carved from the data chips, as `models.sharding`
+    places the experts: the whole fsdp axis when ep = fsdp, the whole dp axis when ep = dp,
+    both when ep = dp x fsdp; any other ep (which the sharded model refuses, but a cluster
+    can run) takes ``ep_fsdp = gcd(ep, fsdp)`` chips from fsdp and ``ep_dp = ep / ep_fsdp`` from
+    dp (always whole: ep divides dp x fsdp). What is left shards or replicates the expert
+    weights as FSDP and DP do the dense ones: ``fsdp_rest = fsdp / ep_fsdp``, ``dp_rest = dp /
+    ep_dp`` (the "expert data parallel" degree is fsdp_rest x dp_rest; DeepSpeed-MoE,
+    Rajbhandari et al. 2022 §4.1)."""
     import math
 
-    ep_f = math.gcd(layout.ep, layout.fsdp)
-    ep_d = layout.ep // ep_f
+    ep, fsdp, dp = layout.ep, layout.fsdp, layout.dp
+    if ep == 1:
+        ep_f = 1
+    elif ep == fsdp:
+        ep_f = fsdp
+    elif ep == dp:
+        ep_f = 1
+    elif ep == dp * fsdp:
+        ep_f = fsdp
+    else:
+        ep_f = math.gcd(ep, fsdp)
+    ep_d = ep // ep_f
     return {"ep_fsdp": ep_f, "ep_dp": ep_d, "fsdp_rest": layout.fsdp // ep_f, "dp_rest": layout.dp // ep_d}
 
 
-def routed_tokens(cfg: TransformerConfig, tokens):
-    """Token copies one device sends to the experts per MoE layer: tokens x top-k when
-    dropless; with a capacity factor, every expert's slots (n_experts x
-    ``cfg.expert_capacity(tokens)``), filled or padded, as dense dispatch sends them."""
+def routed_tokens(cfg: TransformerConfig, sequences, tokens):
+    """Token copies one device sends to the experts per MoE layer, for ``sequences`` local
+    sequences of ``tokens`` tokens: sequences x tokens x top-k when dropless; with a capacity
+    factor, every expert's slots in every sequence (a GShard group, `models.moe`: sequences x
+    n_experts x ``cfg.expert_capacity(tokens)``), filled or padded, as dense dispatch sends them."""
     if cfg.capacity_factor is None:
-        return tokens * cfg.experts_per_token
+        return sequences * tokens * cfg.experts_per_token
     if isinstance(tokens, int) and not cfg.relaxed:
-        return cfg.n_experts * cfg.expert_capacity(tokens)
-    return cfg.capacity_factor * tokens * cfg.experts_per_token
+        return sequences * cfg.n_experts * cfg.expert_capacity(tokens)
+    return cfg.capacity_factor * sequences * tokens * cfg.experts_per_token
 
 
 def expert_collectives(cfg: TransformerConfig, lay: Layout, *, b, t, steps, train: bool, e: int, e_gather: int,
@@ -534,8 +548,8 @@ def expert_collectives(cfg: TransformerConfig, lay: Layout, *, b, t, steps, trai
                 add("all-reduce", axis, rest, local * e_grad, moe * steps, "experts", "backward", grad_dtype,
                     "gradients")
 
-    tokens = b * _div(t, lay.tp) if lay.sequence_parallel and lay.tp > 1 else b * t
-    buf = routed_tokens(cfg, tokens) * d * e
+    tokens = _div(t, lay.tp) if lay.sequence_parallel and lay.tp > 1 else t
+    buf = routed_tokens(cfg, b, tokens) * d * e
     n_fwd = moe * steps
     add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_dispatch", "forward", dtype, "activations")
     add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_combine", "forward", dtype, "activations")

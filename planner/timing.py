@@ -373,7 +373,9 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     if cfg.is_moe:  # the routed experts: over ep (and the rest of fsdp), reduced over the rest of dp
         ep = jnp.asarray(x.get("ep", 1), jnp.float32)
         experts = cfg.moe_layers * cfg.n_experts * (3 if cfg.gated else 2) * cfg.d_model * cfg.resolved_d_ff_expert
-        fsdp_rest = jnp.maximum(1.0, fsdp / ep)
+        # the experts over the whole fsdp axis, or the whole dp axis (d_model then over fsdp), or
+        # both (planner.collectives.ep_groups, models.sharding.expert_axes)
+        fsdp_rest = jnp.where(ep == fsdp, 1.0, jnp.where(ep == dp, fsdp, jnp.maximum(1.0, fsdp / ep)))
         dp_rest = dp * fsdp / (ep * fsdp_rest)
         p_experts = experts / (tp * pp * ep * fsdp_rest)
         p_chip = (n_params - experts) / (tp * pp * fsdp) + p_experts
@@ -412,17 +414,17 @@ def _expert_parallel(cfg, net, x, st, *, mb, s_loc, layers, layer_time, act):
     Per MoE layer: dispatch and combine forward, their transposes backward, and with full
     recomputation the forward's two again (4 or 6; `planner.collectives.expert_collectives`
     lists them). Each sends the chip's tokens x top-k copies of d_model (capacity: capacity
-    factor x tokens x k) over the ``ep`` group, which is laid on the fsdp axis (or on dp when
-    fsdp = 1), so it stays on NVLink / ICI while ep x that axis' stride fits the fast domain
+    factor x tokens x k) over the ``ep`` group, which is laid on the fsdp axis (on dp when ep is
+    dp's degree and not fsdp's), so it stays on NVLink / ICI while ep x that axis' stride fits the fast domain
     and crosses the scale-out network beyond (`hardware.network.collective_time`). Exposed in
     full, unless ``ep_overlap`` (DeepSeek-V3's DualPipe, arXiv:2412.19437 §3.2.1, overlaps them
     with another micro-batch's compute): then only their excess over the layer's compute."""
-    tp, fsdp = (jnp.asarray(x[k], jnp.float32) for k in ("tp", "fsdp"))
+    tp, fsdp, dp = (jnp.asarray(x[k], jnp.float32) for k in ("tp", "fsdp", "dp"))
     ep = jnp.asarray(x.get("ep", 1), jnp.float32)
     tokens = mb * s_loc / jnp.where(x["sp"], tp, 1.0)
     k = cfg.experts_per_token if cfg.capacity_factor is None else cfg.capacity_factor * cfg.experts_per_token
     nbytes = tokens * k * cfg.d_model * act
-    stride = jnp.where(fsdp > 1, st["fsdp"], st["dp"])
+    stride = jnp.where((ep == dp) & (ep != fsdp), st["dp"], st["fsdp"])
     t = collective_time(net, "all_to_all", nbytes, ep, stride)
     n = 4 + jnp.where(x["remat"] == 3, 2, 0)
     moe = cfg.moe_layers * layers / cfg.n_layers

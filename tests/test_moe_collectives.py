@@ -41,7 +41,7 @@ def test_dense_layers_remat_capacity_and_micro_batches():
     # 2 MoE layers x 2 micro-batches; the backward also repeats the recomputed forward's two
     count = {(c.component, c.phase): c.count for c in _ep(cs)}
     assert count[("moe_dispatch", "forward")] == 4 and count[("moe_dispatch", "backward")] == 8
-    # capacity factor 1.5: ceil(1.5 x 32 x 2 / 8) = 12 slots per expert, 8 experts, all sent
+    # capacity factor 1.5: ceil(1.5 x 32 x 2 / 8) = 12 slots per expert per sequence, 8 experts, all sent
     cap = MOE.replace(capacity_factor=1.5)
     a2a = _ep(collectives(cap, Layout(fsdp=8, ep=8), batch_size=8, seq_len=32, dtype="bf16"))
     assert {c.bytes for c in a2a} == {8 * 12 * 64 * 2}
@@ -50,6 +50,9 @@ def test_dense_layers_remat_capacity_and_micro_batches():
 def test_expert_weights_sharded_over_ep():
     # dp=2, fsdp=4, ep=4: ep from the fsdp axis, experts replicated over dp=2.
     assert ep_groups(Layout(dp=2, fsdp=4, ep=4)) == {"ep_fsdp": 4, "ep_dp": 1, "fsdp_rest": 1, "dp_rest": 2}
+    # as models.sharding places them: ep = dp takes the dp axis, d_model stays split over fsdp
+    assert ep_groups(Layout(dp=4, fsdp=2, ep=4)) == {"ep_fsdp": 1, "ep_dp": 4, "fsdp_rest": 2, "dp_rest": 1}
+    assert ep_groups(Layout(dp=2, fsdp=4, ep=8))["fsdp_rest"] == 1
     cs = collectives(MOE, Layout(dp=2, fsdp=4, ep=4), batch_size=8, seq_len=32, dtype="bf16")
     ex = [c for c in cs if c.component == "experts"]
     # no FSDP gather of an expert (fsdp is all expert-parallel); 3 matrices' gradients all-reduced
@@ -69,12 +72,14 @@ def test_expert_weights_sharded_over_ep():
 
 
 def test_zero1_expert_replicas():
-    cs = collectives(MOE, Layout(dp=4, fsdp=2, ep=4, optimizer_sharding=True), batch_size=8, seq_len=32,
+    cs = collectives(MOE, Layout(dp=4, fsdp=2, ep=2, optimizer_sharding=True), batch_size=8, seq_len=32,
                      dtype="bf16", param_dtype="fp32")
     ex = [c for c in cs if c.component == "experts"]
-    # ep = 2 (fsdp) x 2 (dp); the other 2 dp chips hold replicas: reduce-scatter + fp32 all-gather
+    # ep = fsdp = 2: 4 experts per chip; the 4 dp chips hold replicas: reduce-scatter + fp32 all-gather
     kinds = sorted({(c.kind, c.axis, c.group_size, c.bytes) for c in ex})
-    assert kinds == [("all-gather", "dp", 2, 2 * 64 * 32 * 4), ("reduce-scatter", "dp", 2, 2 * 64 * 32 * 2)]
+    assert kinds == [("all-gather", "dp", 4, 4 * 64 * 32 * 4), ("reduce-scatter", "dp", 4, 4 * 64 * 32 * 2)]
+    # ZeRO-1's reduce-scatter and gather run once per step, not per micro-batch
+    assert {c.count for c in ex} == {2}
 
 
 def test_relaxed_config_is_differentiable():

@@ -175,6 +175,14 @@ class Layout:
             ("d_ff", cfg.d_ff, self.tp, "tp"),
             ("n_layers", cfg.n_layers, self.pp * self.virtual_stages, "pp x virtual_stages"),
         ]
+        if getattr(cfg, "is_moe", False):
+            rules += [("n_experts", cfg.n_experts, self.ep, "ep"),
+                      ("d_ff_expert", cfg.resolved_d_ff_expert, self.tp, "tp")]
+            if cfg.dense_layers == 0:
+                rules = [r for r in rules if r[0] != "d_ff"]  # no dense MLP to split
+        elif self.ep > 1:
+            raise ValueError(f"Layout ep={self.ep}: expert parallelism needs a mixture of experts "
+                             "(n_experts set); use ep=1 for a dense model")
         if batch_size is not None:
             rules.append(("batch_size", batch_size, self.data_parallel, "dp x fsdp"))
         if seq_len is not None:

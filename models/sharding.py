@@ -14,7 +14,15 @@ kv_heads key/value heads x head_dim (k, v)              tp
 mlp      the MLP's hidden width                         tp (Megatron MLP)
 position rows of the learned position table             (replicated)
 norm     norm scales and biases                         (replicated; their gradients are all-reduced)
+expert   the expert dimension of the routed experts     the data axes ep covers (`expert_axes`; GShard, Lepikhin et al. 2020 §3.2)
 ======== ============================================== ==========
+
+Expert parallelism reuses the data-parallel chips (``Layout.ep`` divides dp x fsdp): the expert
+dimension of ``w_in``/``w_gate``/``w_out`` is split over the data axes whose degrees multiply
+to ep (fsdp, dp, or both). A mesh axis splits one dimension of a parameter at most, so an
+expert weight split over fsdp keeps its d_model whole there. With a capacity factor
+(`models.moe` dense dispatch) the dispatched tokens (batch, expert, slot, d_model) move from
+the batch split to the expert split and back: the dispatch and combine all-to-alls.
 
 Activations: the batch over ``("dp", "fsdp")``, the sequence over ``cp`` (and over ``tp`` in
 the residual stream with ``sequence_parallel``, Korthikanti et al. 2022 Sec. 4.2.2), keys and
@@ -46,6 +54,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "mlp": ("tp",),
     "position": (),
     "norm": (),
+    "expert": ("ep",),  # resolved per layout by expert_axes: ep reuses data axes
 }
 
 #: The mesh axes the batch is split over (data parallel, replicated or sharded state).
@@ -63,8 +72,11 @@ def mesh_axes(logical: str | None, layout: Layout, rules: dict[str, tuple[str, .
         return ()
     if logical not in rules:
         raise ValueError(f"logical axis {logical!r} has no rule; known: {', '.join(rules)}")
+    names = rules[logical]
+    if "ep" in names:  # not a mesh axis: the data axes the expert dimension is split over
+        names = tuple(x for a in names for x in (expert_axes(layout) if a == "ep" else (a,)))
     out = []
-    for a in rules[logical]:
+    for a in names:
         g = getattr(layout, a)
         if g == 1:
             continue
@@ -83,8 +95,30 @@ def logical_to_spec(names: tuple[str | None, ...], layout: Layout, shape: tuple[
     more leading dimension than names) keeps its layer axis unsplit."""
     lead = 0 if shape is None else len(shape) - len(names)
     sizes = [None] * len(names) if shape is None else list(shape[lead:])
-    parts = [_one(mesh_axes(n, layout, rules, size)) for n, size in zip(names, sizes)]
+    parts, used = [], set()
+    for n, size in zip(names, sizes):  # a mesh axis splits one dimension at most (experts first)
+        axes = tuple(a for a in mesh_axes(n, layout, rules, size) if a not in used)
+        used.update(axes)
+        parts.append(_one(axes))
     return P(*([None] * lead + parts))
+
+
+def expert_axes(layout: Layout) -> tuple[str, ...]:
+    """The mesh axes the expert dimension is split over: the data axes (fsdp, dp, or both)
+    whose degrees multiply to ``layout.ep``; () for ep = 1.
+
+    Raises:
+      ValueError: ep is not the degree of fsdp, of dp, or of both (the sharded model splits the
+        experts over whole mesh axes).
+    """
+    if layout.ep == 1:
+        return ()
+    for axes in (("fsdp",), ("dp",), ("dp", "fsdp")):
+        if int(np.prod([getattr(layout, a) for a in axes])) == layout.ep and all(
+                getattr(layout, a) > 1 for a in axes):
+            return axes
+    raise ValueError(f"Layout ep={layout.ep} with dp={layout.dp}, fsdp={layout.fsdp}: the sharded model "
+                     "splits the experts over whole data axes; set ep to fsdp, dp or dp * fsdp")
 
 
 def _one(axes: tuple[str, ...]):
@@ -164,7 +198,14 @@ def activation_spec(kind: str, layout: Layout) -> P:
         return P(batch, cp, tp)
     if kind == "table":
         return P(tp, None)
-    raise ValueError(f"activation kind {kind!r} unknown; valid: residual, block_input, hidden, query, kv, logits, table")
+    if kind == "dispatch_groups":  # (batch, expert, slot, d_model): split by sequence, as the tokens
+        return P(batch, None, None, None)
+    if kind == "dispatch_experts":  # the same tensor split by expert (the all-to-all's other side)
+        ep = expert_axes(layout)
+        rest = _one(tuple(a for a in BATCH_AXES if getattr(layout, a) > 1 and a not in ep))
+        return P(rest, _one(ep), None, None)
+    raise ValueError(f"activation kind {kind!r} unknown; valid: residual, block_input, hidden, query, kv, logits, "
+                     "table, dispatch_groups, dispatch_experts")
 
 
 def constrain(x: jax.Array, kind: str) -> jax.Array:

@@ -32,14 +32,24 @@ MODES = ("forward", "backward", "train")
 
 #: Component names of a FlopCount, in the order of the forward pass (all present, 0 if absent).
 FLOP_COMPONENTS = (
-    "embedding", "rope", "norms", "q", "k", "v", "attn_scores", "softmax", "attn_values",
-    "attn_out", "mlp_in", "mlp_gate", "activation", "mlp_out", "residual", "logits", "loss",
-    "optimizer",
+    "embedding", "rope", "norms", "q", "k", "v", "q_a", "q_b", "kv_a", "kv_b", "attn_scores", "softmax",
+    "attn_values", "attn_out", "mlp_in", "mlp_gate", "activation", "mlp_out", "router", "experts",
+    "shared_experts", "dispatch", "residual", "logits", "loss", "optimizer",
 )
 
 #: Components that are matmuls, and the (m, n, p, count) of each in the forward pass.
-MATMUL_COMPONENTS = ("q", "k", "v", "attn_scores", "attn_values", "attn_out",
-                     "mlp_in", "mlp_gate", "mlp_out", "logits")
+MATMUL_COMPONENTS = ("q", "k", "v", "q_a", "q_b", "kv_a", "kv_b", "attn_scores", "attn_values", "attn_out",
+                     "mlp_in", "mlp_gate", "mlp_out", "router", "experts", "shared_experts", "dispatch", "logits")
+
+#: `forward_matmuls` keys that are one of several products of a component (the rest are their own).
+MATMUL_COMPONENT_OF = {
+    "experts_gate": "experts", "experts_out": "experts", "experts_combine": "experts",
+    "shared_experts_gate": "shared_experts", "shared_experts_out": "shared_experts",
+    "dispatch_combine": "dispatch",
+}
+#: Matmuls whose backward computes only the gradient of their second operand: the dispatch
+#: einsum's first operand is the 0/1 dispatch mask, a function of the router's integer choices.
+_SECOND_OPERAND_ONLY = ("dispatch",)
 
 
 class Matmul(NamedTuple):
@@ -92,6 +102,7 @@ def forward_matmuls(cfg: TransformerConfig, batch_size, seq_len) -> dict[str, Ma
     q_width, kv_width = cfg.n_heads * hd, cfg.resolved_n_kv_heads * hd
     tokens = b * t
     heads = n_layers * b * cfg.n_heads
+    dense = n_layers - cfg.moe_layers  # layers with the dense MLP (all of a dense model)
     mm = {
         "q": Matmul(tokens, d, q_width, n_layers),
         "k": Matmul(tokens, d, kv_width, n_layers),
@@ -99,13 +110,74 @@ def forward_matmuls(cfg: TransformerConfig, batch_size, seq_len) -> dict[str, Ma
         "attn_scores": Matmul(t, hd, t, heads),  # Q K^T per (batch, head)
         "attn_values": Matmul(t, t, hd, heads),  # softmax(.) V per (batch, head)
         "attn_out": Matmul(tokens, q_width, d, n_layers),
-        "mlp_in": Matmul(tokens, d, ff, n_layers),
-        "mlp_out": Matmul(tokens, ff, d, n_layers),
+        "mlp_in": Matmul(tokens, d, ff, dense),
+        "mlp_out": Matmul(tokens, ff, d, dense),
         # Tied or not, the logits are a (tokens x d) @ (d x vocab) product.
         "logits": Matmul(tokens, d, vocab, 1),
     }
     if cfg.gated:
-        mm["mlp_gate"] = Matmul(tokens, d, ff, n_layers)
+        mm["mlp_gate"] = Matmul(tokens, d, ff, dense)
+    if cfg.is_mla:
+        mm.update(mla_matmuls(cfg, b, t))
+    if cfg.is_moe:
+        mm.update(moe_matmuls(cfg, b, t))
+    return mm
+
+
+def mla_matmuls(cfg: TransformerConfig, b, t) -> dict[str, Matmul]:
+    """Latent attention's matmuls (DeepSeek-V2 §2.1, `models.mla`), replacing q, k, v and the
+    attention products: q directly (d -> h (d_h + d_R)) or through q_a (d -> q_lora_rank) and q_b;
+    kv_a (d -> kv_lora_rank + d_R), kv_b (kv_lora_rank -> h (d_h + d_v)); scores over
+    d_h + d_R dims per head, values of d_v dims; the output projection from h d_v."""
+    L, d, h = cfg.n_layers, cfg.d_model, cfg.n_heads
+    qk, vhd = cfg.qk_head_dim, cfg.resolved_v_head_dim
+    tokens, heads = b * t, L * b * h
+    mm = {"k": Matmul(tokens, d, 0, L), "v": Matmul(tokens, d, 0, L),
+          "kv_a": Matmul(tokens, d, cfg.kv_lora_rank + cfg.qk_rope_head_dim, L),
+          "kv_b": Matmul(tokens, cfg.kv_lora_rank, h * (cfg.resolved_head_dim + vhd), L),
+          "attn_scores": Matmul(t, qk, t, heads), "attn_values": Matmul(t, t, vhd, heads),
+          "attn_out": Matmul(tokens, h * vhd, d, L)}
+    if cfg.q_lora_rank is None:
+        mm["q"] = Matmul(tokens, d, h * qk, L)
+    else:
+        mm.update(q=Matmul(tokens, d, 0, L), q_a=Matmul(tokens, d, cfg.q_lora_rank, L),
+                  q_b=Matmul(tokens, cfg.q_lora_rank, h * qk, L))
+    return mm
+
+
+def moe_matmuls(cfg: TransformerConfig, b, t) -> dict[str, Matmul]:
+    """The MoE layers' matmuls (`models.moe`), per layer times ``moe_layers``:
+
+    - router: (tokens x d) @ (d x n_experts);
+    - dropless (capacity_factor None): every token through its k experts, tokens*k rows of the
+      expert MLP (the active FLOPs; Fedus et al. 2022 §2: a token's cost is its k experts'), and
+      the gate-weighted sum of the k outputs, a (1 x k) @ (k x d) product per token;
+    - with capacity: n_experts * C rows per sequence (C = `TransformerConfig.expert_capacity` of
+      seq_len), whether filled or not, and the dispatch and combine einsums of GShard (§2.2),
+      (E C x t) @ (t x d) and (t x E C) @ (E C x d) per sequence ("dispatch");
+    - shared experts: every token through an MLP of n_shared_experts * d_ff_shared.
+    """
+    L, d, E, k = cfg.moe_layers, cfg.d_model, cfg.n_experts, cfg.experts_per_token
+    ff, tokens = cfg.resolved_d_ff_expert, b * t
+    mm = {"router": Matmul(tokens, d, E, L)}
+    if cfg.capacity_factor is None:
+        rows = tokens * k
+        mm["experts_combine"] = Matmul(1, k, d, tokens * L)
+    else:
+        cap = cfg.expert_capacity(t) if isinstance(t, int) else cfg.capacity_factor * t * k / E
+        rows = b * E * cap
+        mm["dispatch"] = Matmul(E * cap, t, d, b * L)
+        mm["dispatch_combine"] = Matmul(t, E * cap, d, b * L)
+    mm["experts"] = Matmul(rows, d, ff, L)
+    if cfg.gated:
+        mm["experts_gate"] = Matmul(rows, d, ff, L)
+    mm["experts_out"] = Matmul(rows, ff, d, L)
+    if cfg.n_shared_experts:
+        width = cfg.n_shared_experts * cfg.resolved_d_ff_shared
+        mm["shared_experts"] = Matmul(tokens, d, width, L)
+        if cfg.gated:
+            mm["shared_experts_gate"] = Matmul(tokens, d, width, L)
+        mm["shared_experts_out"] = Matmul(tokens, width, d, L)
     return mm
 
 
@@ -115,19 +187,22 @@ def backward_matmuls(forward: dict[str, Matmul]) -> dict[str, list[Matmul]]:
     (m x n)(n x p) -> dA: (m x p)(p x n), dB: (n x m)(m x p). Every input of every matmul of
     the model needs its gradient (all of them depend on parameters), so both are always done.
     """
-    return {k: [Matmul(m.m, m.p, m.n, m.count), Matmul(m.n, m.m, m.p, m.count)] for k, m in forward.items()}
+    return {k: ([] if k in _SECOND_OPERAND_ONLY else [Matmul(m.m, m.p, m.n, m.count)])
+            + [Matmul(m.n, m.m, m.p, m.count)] for k, m in forward.items()}
 
 
 def step_matmuls(cfg: TransformerConfig, batch_size, seq_len, mode: str) -> dict[str, list[Matmul]]:
-    """All matmuls of a forward, backward or train step, per component."""
+    """All matmuls of a forward, backward or train step, per component (`MATMUL_COMPONENT_OF`
+    folds the several products of the MoE components into theirs)."""
     fwd = forward_matmuls(cfg, batch_size, seq_len)
-    out: dict[str, list[Matmul]] = {k: [] for k in fwd}
+    of = lambda k: MATMUL_COMPONENT_OF.get(k, k)  # noqa: E731
+    out: dict[str, list[Matmul]] = {of(k): [] for k in fwd}
     if mode in ("forward", "train"):
         for k, m in fwd.items():
-            out[k].append(m)
+            out[of(k)].append(m)
     if mode in ("backward", "train"):
         for k, ms in backward_matmuls(fwd).items():
-            out[k].extend(ms)
+            out[of(k)].extend(ms)
     return out
 
 
@@ -407,6 +482,25 @@ def xla_optimizer_flops(cfg: TransformerConfig) -> tuple[Any, Any]:
     return 15 * p + 7, p + 2
 
 
+def xla_ragged_dot_extra(cfg: TransformerConfig, batch_size, seq_len, mode: str):
+    """Dot FLOPs XLA counts for the dropless experts beyond the top-k ("fma") count.
+
+    `jax.lax.ragged_dot` lowers, on CPU (and on every platform but TPU and GPU), to
+    ``_ragged_dot_general_impl`` (jax/_src/lax/lax.py): the lhs is broadcast to all n_experts
+    groups, masked to each group's rows, and contracted densely, one dot of 2 m k n E FLOPs
+    instead of 2 m k n; its transposes (the backward's two products) lower the same way. So XLA
+    counts every expert matmul n_experts times over the (tokens * k) sorted rows: n_experts / k
+    times the dense-equivalent work and n_experts times the active work (measured exactly,
+    tests/test_moe_flops.py). On TPU, jax emits ``chlo.ragged_dot`` and XLA's compiled cost
+    analysis of the forward counts 2 m k n, the active count (README, "Mixture of experts").
+    The gate-weighted combine and the capacity path's einsums are plain dots, counted as is."""
+    if not cfg.is_moe or cfg.capacity_factor is not None:
+        return 0
+    fwd = moe_matmuls(cfg, batch_size, seq_len)
+    ragged = sum(fma_matmul(fwd[k]) for k in ("experts", "experts_gate", "experts_out") if k in fwd)
+    return (cfg.n_experts - 1) * ragged * {"forward": 1, "backward": 2, "train": 3}[mode]
+
+
 def _count_xla(cfg, batch_size, seq_len, mode, causal):
     """What XLA's HLO cost analysis counts for `models.Transformer` (mode "forward": the logits
     of ``model(tokens)``) and `models.train_step` (mode "train": forward, loss, backward and the
@@ -420,6 +514,7 @@ def _count_xla(cfg, batch_size, seq_len, mode, causal):
     which moves the count by a handful of FLOPs (tests/test_flops.py).
     """
     comps, _ = _count_fma(cfg, batch_size, seq_len, mode, causal)
+    comps["experts"] = comps["experts"] + xla_ragged_dot_extra(cfg, batch_size, seq_len, mode)
     trans = 0
     fwd_extra, fwd_trans = _xla_forward_extra(cfg, batch_size, seq_len)
     tokens = batch_size * seq_len

@@ -19,7 +19,8 @@ from flax import nnx
 from models.config import TransformerConfig
 from models.train import abstract_model, adamw, train_step
 from planner.flops import (
-    FLOP_COMPONENTS, MATMUL_COMPONENTS, count_flops, layer_norm_elements, xla_optimizer_flops,
+    FLOP_COMPONENTS, MATMUL_COMPONENTS, FlopCount, count_flops, layer_norm_elements, xla_optimizer_flops,
+    xla_ragged_dot_extra,
 )
 from planner.hlo import Cost, HloSummary, cost_of, parse_hlo
 
@@ -169,8 +170,18 @@ def _scan_adjusted(cfg: TransformerConfig, batch_size: int, seq_len: int, mode: 
         if cfg.norm == "rmsnorm":  # 2 x tokens x d_model for the two norms of a Llama block
             comps["norms"] += layer_norm_elements(cfg, batch_size * seq_len)
     loops = 2 if mode == "forward" else 6
-    dots = count_flops(one, batch_size=batch_size, seq_len=seq_len, mode=mode, convention="fma")
+    dots = xla_dot_flops(one, batch_size=batch_size, seq_len=seq_len, mode=mode)
     return comps, trans, dots.components, loops
+
+
+def xla_dot_flops(cfg: TransformerConfig, *, batch_size: int, seq_len: int, mode: str) -> FlopCount:
+    """The dot FLOPs XLA counts for the lowered program: the "fma" matmuls, with the dropless
+    experts' ragged_dot counted as the default lowering executes it (`xla_ragged_dot_extra`:
+    densely over all n_experts groups)."""
+    c = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode, convention="fma")
+    comps = dict(c.components)
+    comps["experts"] = comps["experts"] + xla_ragged_dot_extra(cfg, batch_size, seq_len, mode)
+    return c._replace(components=comps, total=sum(comps.values()))
 
 
 #: The most layers `validate` lowers unrolled. Building and lowering is linear in the layers
@@ -247,7 +258,7 @@ def validate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
     seq_len = cfg.seq_len if seq_len is None else seq_len
     # count_flops checks batch_size and seq_len (positive ints, within a learned table).
     full = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode, convention="xla")
-    full_dots = count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode, convention="fma")
+    full_dots = xla_dot_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode)
 
     notes: list[str] = []
     lowered = lower_program(cfg, batch_size=batch_size, seq_len=seq_len, mode=mode, scan_layers=scan_layers)

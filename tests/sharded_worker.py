@@ -107,7 +107,57 @@ def tpu_collectives() -> list[dict]:
     return out
 
 
+#: (model, layout) pairs the suite runs: experts over fsdp with dense dispatch (all-to-alls),
+#: over dp and fsdp together with latent attention and the dropless path. `--moe-all` runs every
+#: model on every layout of `MOE_LAYOUTS`.
+MOE_CASES = (("capacity", "dp=2,fsdp=2,tp=2,ep=2"), ("mla", "dp=2,fsdp=4,ep=8"))
+MOE_LAYOUTS = ("fsdp=8,ep=8", "dp=2,fsdp=2,tp=2,ep=2", "dp=2,fsdp=4,ep=8")
+
+
+def moe_equivalence(cases=MOE_CASES) -> list[dict]:
+    """The sharded step of a micro MoE (and latent attention) against the single-device step."""
+    base = TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=32, seq_len=16,
+                             mlp="swiglu", norm="rmsnorm", position="rope", bias=False, n_experts=8,
+                             experts_per_token=2, d_ff_expert=16, n_shared_experts=1, dense_layers=1)
+    cfgs = {"dropless": base, "capacity": base.replace(capacity_factor=1.5),
+            "mla": base.replace(attention_kind="mla", kv_lora_rank=16, qk_rope_head_dim=4, head_dim=8,
+                                router="sigmoid")}
+    tx = optax.adamw(1e-2, eps=1e-3)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (8, 17)), jnp.int32)
+    copy = lambda tree: jax.tree.map(jnp.array, tree)  # noqa: E731
+    rows = []
+    for kind, cfg in cfgs.items():
+        layouts = [lay for k, lay in cases if k == kind]
+        if not layouts:
+            continue
+        state = init_train_state(cfg, seed=0, tx=tx)
+        _, _, ref_loss = train_step(copy(state.params), copy(state.opt_state), tokens[:, :-1], tokens[:, 1:],
+                                    graphdef=state.graphdef, tx=tx)
+        for text in layouts:
+            lay = Layout.parse(text)
+            mesh = sharding.make_mesh(lay, jax.devices()[: lay.chips])
+            sharded = sharding.shard_train_state(state._replace(params=copy(state.params),
+                                                                opt_state=copy(state.opt_state)), mesh, lay)
+            step = sharding.sharded_train_step(sharded, mesh, lay)
+            compiled = step.lower(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:]).compile()
+            _, _, loss = compiled(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:])
+            w_in = sharded.params["layers"][1]["mlp"]["w_in"]
+            text_hlo = compiled.as_text()
+            rows.append({"kind": kind, "layout": text, "loss": float(loss), "ref_loss": float(ref_loss),
+                         "w_in_spec": str(w_in.sharding.spec),
+                         "w_in_shard": list(w_in.sharding.shard_shape(w_in.shape)),
+                         "all_to_all": text_hlo.count(" all-to-all(")})
+            print(f"moe {kind} {text}: loss {float(loss):.7f} (1 device {float(ref_loss):.7f}) "
+                  f"w_in {w_in.sharding.spec} a2a {rows[-1]['all_to_all']}", file=sys.stderr, flush=True)
+    return rows
+
+
 if __name__ == "__main__":
+    if "--moe" in sys.argv or "--moe-all" in sys.argv:
+        cases = ([(k, lay) for k in ("dropless", "capacity", "mla") for lay in MOE_LAYOUTS]
+                 if "--moe-all" in sys.argv else MOE_CASES)
+        print("RESULT " + json.dumps({"moe": moe_equivalence(cases)}))
+        sys.exit(0)
     result = {"equivalence": equivalence(layouts_of_8() if "--all" in sys.argv else TEST_LAYOUTS)}
     if "--tpu" in sys.argv:
         result["tpu"] = tpu_collectives()

@@ -160,12 +160,15 @@ class Layout:
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ checks against a model
-    def check(self, cfg, *, batch_size: int | None = None, seq_len: int | None = None) -> None:
+    def check(self, cfg, *, batch_size: int | None = None, seq_len: int | None = None,
+              uneven_stages: bool = False) -> None:
         """Raise ValueError naming what this layout cannot split in ``cfg`` (concrete shapes only).
 
         Heads and KV heads by ``tp``; ``d_ff`` by ``tp``; layers by ``pp x virtual_stages``;
         the batch by the data degrees (and by ``micro_batch`` per replica); the sequence by
-        ``cp`` (and by ``tp`` with sequence parallelism).
+        ``cp`` (and by ``tp`` with sequence parallelism); the experts by ``ep``.
+        ``uneven_stages`` drops the layer rule (stages of different depths, as DeepSeek-V3's 61
+        layers on 16 stages).
         """
         if getattr(cfg, "relaxed", False):
             return
@@ -173,8 +176,9 @@ class Layout:
             ("n_heads", cfg.n_heads, self.tp, "tp"),
             ("n_kv_heads", cfg.resolved_n_kv_heads, self.tp, "tp"),
             ("d_ff", cfg.d_ff, self.tp, "tp"),
-            ("n_layers", cfg.n_layers, self.pp * self.virtual_stages, "pp x virtual_stages"),
         ]
+        if not uneven_stages:
+            rules.append(("n_layers", cfg.n_layers, self.pp * self.virtual_stages, "pp x virtual_stages"))
         if getattr(cfg, "is_moe", False):
             rules += [("n_experts", cfg.n_experts, self.ep, "ep"),
                       ("d_ff_expert", cfg.resolved_d_ff_expert, self.tp, "tp")]
@@ -189,11 +193,6 @@ class Layout:
             rules.append(("seq_len", seq_len, self.cp, "cp"))
             if self.sequence_parallel:
                 rules.append(("seq_len", seq_len, self.cp * self.tp, "cp x tp (sequence parallel)"))
-        if self.ep > 1:
-            if not getattr(cfg, "is_moe", False):
-                raise ValueError(f"ep={self.ep}: expert parallelism applies to a mixture of experts; this model "
-                                 "has no experts (set n_experts, or ep=1)")
-            rules.append(("n_experts", cfg.n_experts, self.ep, "ep"))
         for name, value, degree, what in rules:
             if value % degree != 0:
                 raise ValueError(f"{name}={value} is not divisible by {what}={degree}; "

@@ -504,8 +504,9 @@ def expert_collectives(cfg: TransformerConfig, lay: Layout, *, b, t, steps, trai
     Tokens: per MoE layer and micro-batch, the dispatch all-to-all sends each token's copies to
     the devices holding its experts and the combine all-to-all brings the expert outputs back
     (Lepikhin et al. 2020 §3.1, Fig. 3; Megatron-core's token dispatcher): 2 forward; their
-    transposes in the backward, 2 more; and with ``remat="full"`` the forward's 2 again in the
-    backward pass. The buffer is `routed_tokens` x d_model in the compute dtype; the tokens of
+    transposes in the backward, 2 more. A recomputed layer (``remat="full"``) does not send
+    them again: the compiled step keeps the dispatched tokens (measured, XLA:TPU and XLA:GPU,
+    benchmarks/moe_collectives.py). The buffer is `routed_tokens` x d_model in the compute dtype; the tokens of
     a device are b x seq_len / cp (/ tp with sequence parallelism).
     """
     g = ep_groups(lay)
@@ -554,7 +555,6 @@ def expert_collectives(cfg: TransformerConfig, lay: Layout, *, b, t, steps, trai
     add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_dispatch", "forward", dtype, "activations")
     add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_combine", "forward", dtype, "activations")
     if train:
-        again = 2 if lay.remat == "full" else 1  # the transposes, and the recomputed forward's
-        add("all-to-all", "ep", lay.ep, buf, again * n_fwd, "moe_dispatch", "backward", dtype, "activations")
-        add("all-to-all", "ep", lay.ep, buf, again * n_fwd, "moe_combine", "backward", dtype, "activations")
+        add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_dispatch", "backward", dtype, "activations")
+        add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_combine", "backward", dtype, "activations")
     return out

@@ -236,7 +236,9 @@ def moe_counts(cfg: TransformerConfig, *, batch_size: int, convention: str = "xl
         raise ValueError("moe_counts: a config of moe_shape's family (routed experts in every layer, no shared "
                          "experts, standard attention)")
     w, n, k = cfg.resolved_d_ff_expert, cfg.n_experts, cfg.experts_per_token
-    plain = dict(n_experts=None, experts_per_token=None, d_ff_expert=None, capacity_factor=None, router="softmax")
+    from planner.timing import dense_fields
+
+    plain = dense_fields()
     router = cfg.n_layers * cfg.d_model * n
     every = count_params(cfg.replace(**plain, d_ff=n * w))
     touched = count_params(cfg.replace(**plain, d_ff=k * w))

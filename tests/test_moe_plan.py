@@ -136,7 +136,7 @@ def test_cluster_step_all_to_all_by_hand():
                                     seq_len=32).exposed
     # expert weights divided by ep in memory
     assert float(r1.memory_per_chip) > float(r.memory_per_chip)
-    with pytest.raises(ValueError, match="ep=8: expert parallelism applies"):
+    with pytest.raises(ValueError, match="ep=8: expert parallelism needs a mixture of experts"):
         Layout(fsdp=8, ep=8).check(MICRO)
     with pytest.raises(ValueError, match="n_experts=8 is not divisible by ep=16"):
         Layout(fsdp=16, ep=16).check(MOE)

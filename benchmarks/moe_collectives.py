@@ -7,7 +7,7 @@ compile-only targets: bytes per device per step of every all-to-all, closed form
 
 XLA:GPU writes an all-to-all as an async pair (``all-to-all-start`` / ``-done``, tuple-shaped);
 `planner.hlo.parse_collectives` reads XLA:TPU's synchronous form, so on GPU targets the
-all-to-alls are read here from the ``-start`` ops' result shapes (`gpu_all_to_all_bytes`).
+all-to-alls are read from the ``-start`` ops (`planner.hlo.async_all_to_all_bytes`).
 ``--dropless`` adds the dropless (ragged_dot) configs: the sharded model has no token
 all-to-all there (see the printed rows), so the closed form's dispatch/combine describe a
 token-dispatching runtime (Megatron-core, DeepSpeed-MoE), not this program.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 
@@ -27,23 +26,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from models.config import TransformerConfig  # noqa: E402
 from models.layout import Layout  # noqa: E402
-
-_DTYPE_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "f8e4m3fn": 1, "f8e5m2": 1, "s32": 4}
-_START = re.compile(r"= \(\((\w+)\[([\d,]*)\][^)]*\)\), \w+\[[\d,]*\][^ ]* all-to-all-start\(")
-
-
-def gpu_all_to_all_bytes(text: str) -> tuple[int, int]:
-    """(bytes, count) of XLA:GPU's async all-to-alls in an HLO module: each ``all-to-all-start``'s
-    operand buffer (the tuple's first element). Straight-line programs only (no while loops)."""
-    total = count = 0
-    for dt, dims in _START.findall(text):
-        n = 1
-        for d in filter(None, dims.split(",")):
-            n *= int(d)
-        total += n * _DTYPE_BYTES[dt]
-        count += 1
-    return total, count
-
 
 def grid(dropless: bool = False) -> list[tuple[str, TransformerConfig, str]]:
     base = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, seq_len=32, mlp="swiglu",
@@ -64,7 +46,7 @@ def grid(dropless: bool = False) -> list[tuple[str, TransformerConfig, str]]:
 def measure(cfg, layout: Layout, target: str, batch_size: int = 8, seq_len: int = 32) -> dict:
     """Closed-form and compiled all-to-all bytes of one sharded step on ``target``."""
     from planner.collectives import collectives
-    from planner.hlo import parse_collectives
+    from planner.hlo import async_all_to_all_bytes, parse_collectives
     from planner.targets import target_devices
     from planner.validation import TPU_OPTIONS, compile_sharded_step
 
@@ -79,7 +61,7 @@ def measure(cfg, layout: Layout, target: str, batch_size: int = 8, seq_len: int 
         got = [c for c in parse_collectives(text, layout.mesh_shape) if c.kind == "all-to-all"]
         comp, n = sum(c.total_bytes for c in got), len(got)
     else:
-        comp, n = gpu_all_to_all_bytes(text)
+        comp, n = async_all_to_all_bytes(text)
     return {"predicted": sum(c.total_bytes for c in pred), "compiled": comp, "compiled_ops": n,
             "predicted_ops": sum(c.count for c in pred)}
 

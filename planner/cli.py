@@ -1052,12 +1052,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if args.budget is None and args.hardware is None:
         raise UsageError("give --budget FLOPS (e.g. 1e21), or --hardware NAME --chips N --days D")
+    if args.moe:
+        if args.plot is not None:
+            raise UsageError("--plot: not with --moe")
+        return _cmd_plan_moe(args)
     if args.budget is not None and args.hardware is not None:
         raise UsageError("give either --budget or a hardware budget (--hardware/--chips/--days), not both")
     if args.plot is not None:
         check_plot_path(args.plot)
-    if args.moe:
-        return _cmd_plan_moe(args)
     if args.granularities is not None:
         raise UsageError("--granularities applies with --moe")
     p = plan(args.budget, **_plan_kwargs(args))
@@ -1084,12 +1086,15 @@ def _cmd_plan_moe(args: argparse.Namespace) -> int:
     """plan --moe: the mixture-of-experts plan under the MoE law, beside the dense plan."""
     from planner.search import plan
 
-    for flag, v in (("--hardware", args.hardware), ("--days", args.days), ("--layout", args.layout),
-                    ("--plot", args.plot), ("--law-file", args.law_file), ("--mfu", args.mfu),
+    if args.budget is None:
+        raise UsageError("--moe plans a FLOP budget: give --budget FLOPS (e.g. 1e23); --hardware and --chips then "
+                         "size the experts' memory on that target")
+    for flag, v in (("--days", args.days), ("--layout", args.layout),
+                    ("--law-file", args.law_file), ("--mfu", args.mfu),
                     ("--max-memory", args.max_memory), ("--dtype", args.dtype)):
         if v is not None:
-            raise UsageError(f"{flag}: --moe plans a FLOP budget (--budget); give --chips alone to size the experts' "
-                             "memory per chip")
+            raise UsageError(f"{flag}: --moe plans a FLOP budget (--budget); give --hardware and --chips to size the "
+                             "experts' memory on a target")
     gs = None
     if args.granularities is not None:
         try:
@@ -1099,9 +1104,10 @@ def _cmd_plan_moe(args: argparse.Namespace) -> int:
     kw = _plan_kwargs(args)
     dense_law = kw["law"] if args.law is None or args.law in ("chinchilla", "chinchilla-rounded", "epoch") else "chinchilla"
     moe_law = "krajewski" if args.law is None or args.law in ("chinchilla", "chinchilla-rounded", "epoch") else args.law
-    chips = kw.pop("chips")
+    chips, target = kw.pop("chips"), kw.pop("hardware")
     kw.pop("law")
-    sparse = plan(args.budget, moe=True, law=moe_law, granularities=gs, chips=chips, **kw)
+    kw.pop("days")
+    sparse = plan(args.budget, moe=True, law=moe_law, granularities=gs, chips=chips, hardware=target, **kw)
     dense = plan(args.budget, law=dense_law, **kw)
     m = sparse.moe
     out = {"moe": _plan_json(sparse, None), "dense": _plan_json(dense, None), "experts": m,
@@ -1125,7 +1131,9 @@ def _cmd_plan_moe(args: argparse.Namespace) -> int:
         + ", ".join(f"G={g} {v:.4f}" for g, v in m["loss_by_granularity"].items()),
         f"experts     {human(mem['expert_params'])} routed-expert params, {human(mem['total_bytes'], 'B')} of weights, "
         "gradients and AdamW state" + (f", {human(mem['bytes_per_chip'], 'B')} per chip over ep={mem['ep']}"
-                                       if "bytes_per_chip" in mem else ""),
+                                       if "bytes_per_chip" in mem else "")
+        + (f" ({100 * mem['hbm_fraction']:.0f}% of a {mem['target']}'s {human(mem['hbm_bytes'], 'B')}"
+           f"{'' if mem['fits'] else ': does not fit, add chips'})" if "target" in mem else ""),
         f"dense       {human(dense.params)} params: d_model={dense.config.d_model} n_layers={dense.config.n_layers}; "
         f"{human(dense.tokens)} tokens; loss {dense.loss:.4f} predicted by the dense law "
         f"(E={dense.law.E:.4g} A={dense.law.A:.4g} B={dense.law.B:.4g} alpha={dense.law.alpha:.4g} beta={dense.law.beta:.4g})",

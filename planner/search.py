@@ -943,10 +943,20 @@ def _plan_moe(budget_flops, *, law, base, convention, hardware, chips, days, gra
     from planner.laws import MoEScalingLaw, get_moe_law
     from planner.memory import DTYPE_BYTES
 
-    if hardware is not None or days is not None or mfu is not None or layout is not None:
-        raise ValueError("moe=True plans a FLOP budget (budget_flops=); hardware budgets (hardware=, chips=, days=) "
-                         "with a mixture of experts are not implemented. Give chips= alone to size the experts' memory "
-                         "per chip")
+    if days is not None or mfu is not None or layout is not None:
+        raise ValueError("moe=True plans a FLOP budget (budget_flops=); hardware budgets (days=, mfu=, layout=) with "
+                         "a mixture of experts are not implemented. Give hardware= and chips= to size the experts' "
+                         "memory on that target")
+    if budget_flops is None:
+        raise ValueError("moe=True needs budget_flops= (training FLOPs to spend, e.g. 1e23)")
+    spec = None
+    if hardware is not None:
+        import hardware as hw
+
+        spec = hw.resolve(hardware)
+        if chips is None:
+            raise ValueError(f"hardware={hardware!r}: give chips= too (the expert-parallel chips the experts are "
+                             "spread over)")
     if inference_tokens is not None:
         raise ValueError("inference_tokens= applies to dense plans (the inference-aware plan uses a dense law)")
     if chips is not None and (isinstance(chips, bool) or not isinstance(chips, int) or chips < 1):
@@ -971,4 +981,8 @@ def _plan_moe(budget_flops, *, law, base, convention, hardware, chips, days, gra
             "total_params": pc["total"], "active_params": pc["active"], "non_embedding_total": pc["non_embedding"],
             "loss_by_granularity": {g: p.loss for g, p in plans.items()},
             "memory": expert_memory(cfg, param_dtype=param_dtype, chips=chips)}
+    if spec is not None:
+        per_chip = info["memory"]["bytes_per_chip"]
+        info["memory"].update(target=spec.name, hbm_bytes=spec.hbm_bytes, hbm_fraction=per_chip / spec.hbm_bytes,
+                              fits=per_chip <= spec.hbm_bytes)
     return best._replace(moe=info)

@@ -378,6 +378,15 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     p_layer = _layer_params(cfg) / tp
     ag = collective_time(net, "all_gather", p_layer * act, fsdp, st["fsdp"])
     rs = collective_time(net, "reduce_scatter", p_layer * pbytes, fsdp, st["fsdp"])
+    if cfg.is_moe:  # a chip gathers only its n_experts / ep experts, over what ep leaves of fsdp
+        ep_, fsdp_rest_ = _expert_split(x)
+        p_exp = _expert_params(cfg) / cfg.n_layers / tp
+        p_layer = p_layer - p_exp
+        p_exp_chip = p_exp / ep_
+        ag = (collective_time(net, "all_gather", p_layer * act, fsdp, st["fsdp"])
+              + collective_time(net, "all_gather", p_exp_chip * act, fsdp_rest_, st["fsdp"]))
+        rs = (collective_time(net, "reduce_scatter", p_layer * pbytes, fsdp, st["fsdp"])
+              + collective_time(net, "reduce_scatter", p_exp_chip * pbytes, fsdp_rest_, st["fsdp"]))
     layer_f, layer_b = t_f / layers, (t_b + t_re) / layers
     exp_fsdp = layers * (jnp.maximum(0.0, ag - layer_f) + jnp.maximum(0.0, ag + rs - layer_b))
     # Each tensor-parallel rank sends its 1/tp slice over its own NIC (the scatter/gather
@@ -397,11 +406,8 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     p_chip = n_params / (tp * pp * fsdp)
     t_dp = collective_time(net, "all_reduce", p_chip * pbytes, dp, st["dp"])
     if cfg.is_moe:  # the routed experts: over ep (and the rest of fsdp), reduced over the rest of dp
-        ep = jnp.asarray(x.get("ep", 1), jnp.float32)
-        experts = _num(cfg.moe_layers * cfg.n_experts * (3 if cfg.gated else 2) * cfg.d_model * cfg.resolved_d_ff_expert)
-        # the experts over the whole fsdp axis, or the whole dp axis (d_model then over fsdp), or
-        # both (planner.collectives.ep_groups, models.sharding.expert_axes)
-        fsdp_rest = jnp.where(ep == fsdp, 1.0, jnp.where(ep == dp, fsdp, jnp.maximum(1.0, fsdp / ep)))
+        ep, fsdp_rest = _expert_split(x)
+        experts = _expert_params(cfg)
         dp_rest = dp * fsdp / (ep * fsdp_rest)
         p_experts = experts / (tp * pp * ep * fsdp_rest)
         p_chip = (n_params - experts) / (tp * pp * fsdp) + p_experts
@@ -426,12 +432,26 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     ring = lambda g: (g - 1) / g  # noqa: E731
     wire = {"tp": m * layers * n_ar * 2 * ring(tp) * tokens * cfg.d_model * act,
             "cp": m * layers * 3 * ring(cp) * kv_bytes * cp,
-            "fsdp": m * layers * ring(fsdp) * p_layer * (2 * act + pbytes),
+            "fsdp": m * layers * ring(fsdp) * p_layer * (2 * act + pbytes)
+            + (m * layers * ring(fsdp_rest_) * p_exp_chip * (2 * act + pbytes) if cfg.is_moe else 0.0),
             "dp": 2 * ring(dp) * p_chip * pbytes,
             "pp": jnp.where(pp > 1, m * 2 * v * tokens * cfg.d_model * act / tp, 0.0)}
     if cfg.is_moe:
         wire["ep"] = m * wire_ep
     return ClusterStep(step, m * compute_mb, bubble, exposed, t_opt, model, hw_flops, mem, m, wire)
+
+
+def _expert_params(cfg):
+    """Parameters of the routed experts (all MoE layers), a float for array arithmetic."""
+    return _num(cfg.moe_layers * cfg.n_experts * (3 if cfg.gated else 2) * cfg.d_model * cfg.resolved_d_ff_expert)
+
+
+def _expert_split(x):
+    """(ep, fsdp_rest): the expert-parallel degree and what it leaves of fsdp to shard d_model,
+    as `planner.collectives.ep_groups` places the experts (the whole fsdp axis, or the whole dp
+    axis with d_model then over fsdp, or both; `models.sharding.expert_axes`)."""
+    ep, fsdp, dp = (jnp.asarray(x.get(k, 1), jnp.float32) for k in ("ep", "fsdp", "dp"))
+    return ep, jnp.where(ep == fsdp, 1.0, jnp.where(ep == dp, fsdp, jnp.maximum(1.0, fsdp / ep)))
 
 
 def _expert_parallel(cfg, net, x, st, *, mb, s_loc, layers, layer_time, act):

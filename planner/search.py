@@ -209,6 +209,20 @@ def _moe_extra(s: _Setup, cfg):
     return cfg.n_layers * ((expansion - 1) * mlp + router), 6 * cfg.n_layers * router
 
 
+def dense_base(cfg: TransformerConfig) -> TransformerConfig:
+    """The dense counterpart of a mixture-of-experts base (a dense config unchanged): the same
+    model with one MLP per layer, the wider of the config's dense MLP (d_ff) and the MLP a token
+    uses, top-k x d_ff_expert plus the shared experts (OLMoE-1B-7B: 8 x 1024 = 8192; DeepSeek-V3:
+    both 18432). The planner searches dense shapes on it; ``plan(moe=True)`` puts experts back
+    on them (`moe_shape`)."""
+    if not cfg.is_moe:
+        return cfg
+    from planner.timing import dense_fields
+
+    width = cfg.experts_per_token * cfg.resolved_d_ff_expert + cfg.n_shared_experts * cfg.resolved_d_ff_shared
+    return cfg.replace(**dense_fields(), d_ff=max(cfg.d_ff, width))
+
+
 def moe_shape(cfg: TransformerConfig, granularity: int, expansion: int = 64, *, multiple: int = 32
               ) -> TransformerConfig:
     """The mixture of experts of Krajewski et al. 2024's family on a dense shape: every MLP
@@ -622,6 +636,7 @@ def _setup(*, law, base, convention, hardware, chips, days, mfu, dtype, head_dim
         base = presets.get(base)
     elif not isinstance(base, TransformerConfig):
         raise ValueError(f"base={base!r}: give a TransformerConfig or a preset name ({', '.join(presets.names())})")
+    base = dense_base(base)
     if not isinstance(convention, str) or convention not in CONVENTIONS or convention == "megatron-recompute":
         valid = [c for c in CONVENTIONS if c != "megatron-recompute"]
         raise ValueError(f"convention={convention!r}: unknown for planning; valid: {', '.join(valid)}")

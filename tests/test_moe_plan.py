@@ -154,3 +154,16 @@ def test_layout_search_includes_ep():
                          remat=("none",), attention=("flash",))
     assert any(r.layout.ep > 1 for r in res.best) and all("ep" in r.exposed_comm for r in res.best)
     assert all(MOE.n_experts % r.layout.ep == 0 for r in res.best)
+
+
+def test_moe_presets_as_plan_bases():
+    """A mixture-of-experts preset as a base: its dense counterpart (the MLP a token uses)."""
+    from models import presets
+    from planner.search import dense_base
+
+    olmoe = dense_base(presets.get("olmoe-1b-7b"))  # 8 experts of 1024 per token, d_ff 1024
+    assert not olmoe.is_moe and olmoe.d_ff == 8 * 1024
+    ds = dense_base(presets.get("deepseek-v3"))  # 8 x 2048 routed + 1 x 2048 shared = 18432 = d_ff
+    assert not ds.is_moe and ds.d_ff == 18432 and ds.attention_kind == "mla"
+    dense = presets.get("llama-2-7b")
+    assert dense_base(dense) is dense

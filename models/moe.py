@@ -51,9 +51,11 @@ def _axes(*names):
     return {"out_sharding": names, "eager_sharding": False}
 
 
-def _param(rngs: nnx.Rngs, shape, names, fan_in: int, dtype=jnp.float32) -> nnx.Param:
-    init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-    del fan_in  # variance_scaling reads the fan-in off the shape (the second-to-last axis)
+def _param(rngs: nnx.Rngs, shape, names, dtype=jnp.float32) -> nnx.Param:
+    """LeCun-normal (truncated), as nnx.Linear: the fan-in is the second-to-last axis (a leading
+    expert axis is a batch axis, not part of the fan-in)."""
+    batch = (0,) if len(shape) == 3 else ()
+    init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", batch_axis=batch)
     return nnx.Param(init(rngs.params(), shape, dtype), **_axes(*names))
 
 
@@ -88,17 +90,17 @@ class MoE(nnx.Module):
         self.router_kind, self.capacity_factor, self.dtype = cfg.router, cfg.capacity_factor, dtype
         self.gated = cfg.gated
         self.cfg = cfg
-        self.router = _param(rngs, (d, E), ("embed", None), d)
+        self.router = _param(rngs, (d, E), ("embed", None))
         self.router_bias = (nnx.Param(jnp.zeros((E,), jnp.float32), **_axes(None))
                             if cfg.router == "sigmoid" else None)
-        self.w_in = _param(rngs, (E, d, ff), ("expert", "embed", "mlp"), d)
-        self.w_gate = _param(rngs, (E, d, ff), ("expert", "embed", "mlp"), d) if cfg.gated else None
-        self.w_out = _param(rngs, (E, ff, d), ("expert", "mlp", "embed"), ff)
+        self.w_in = _param(rngs, (E, d, ff), ("expert", "embed", "mlp"))
+        self.w_gate = _param(rngs, (E, d, ff), ("expert", "embed", "mlp")) if cfg.gated else None
+        self.w_out = _param(rngs, (E, ff, d), ("expert", "mlp", "embed"))
         if cfg.n_shared_experts:
             width = cfg.n_shared_experts * ffs
-            self.shared_in = _param(rngs, (d, width), ("embed", "mlp"), d)
-            self.shared_gate = _param(rngs, (d, width), ("embed", "mlp"), d) if cfg.gated else None
-            self.shared_out = _param(rngs, (width, d), ("mlp", "embed"), width)
+            self.shared_in = _param(rngs, (d, width), ("embed", "mlp"))
+            self.shared_gate = _param(rngs, (d, width), ("embed", "mlp")) if cfg.gated else None
+            self.shared_out = _param(rngs, (width, d), ("mlp", "embed"))
         else:
             self.shared_in = self.shared_gate = self.shared_out = None
 

@@ -316,7 +316,7 @@ def cmd_count(args: argparse.Namespace) -> int:
             **({"hf": {k: v for k, v in hf_import(args).to_dict().items() if k != "config"}}
                if getattr(args, "hf", None) else {}),
             "config": _config_json(cfg),
-            "params": {"total": pc.total, "embedding": pc.embedding,
+            "params": {"total": pc.total, "active": pc.active, "embedding": pc.embedding,
                        "non_embedding": pc.non_embedding, "components": pc.components},
         }
         if flops is not None:
@@ -334,6 +334,9 @@ def cmd_count(args: argparse.Namespace) -> int:
         return 0
     name = _label(args)
     print(f"{name}: {human(pc.total)} parameters ({pc.total:,})")
+    if cfg.is_moe:
+        print(f"  active per token: {human(pc.active)} ({pc.active:,}; {cfg.experts_per_token} of "
+              f"{cfg.n_experts} routed experts in {cfg.moe_layers} MoE layers)")
     print(f"  d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} "
           f"n_kv_heads={cfg.resolved_n_kv_heads} head_dim={cfg.resolved_head_dim} d_ff={cfg.d_ff} "
           f"vocab={cfg.vocab_size} seq_len={cfg.seq_len} mlp={cfg.mlp} norm={cfg.norm} "
@@ -345,6 +348,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     if flops is None:
         rows = [(c, f"{n:,}", f"{100 * n / pc.total:.2f}%") for c, n in pc.components.items()]
         rows += [("total", f"{pc.total:,}", "100.00%"),
+                 *([("active per token", f"{pc.active:,}", f"{100 * pc.active / pc.total:.2f}%")] if cfg.is_moe else []),
                  ("embedding (token + position + head)", f"{pc.embedding:,}", f"{100 * pc.embedding / pc.total:.2f}%"),
                  ("non-embedding", f"{pc.non_embedding:,}", f"{100 * pc.non_embedding / pc.total:.2f}%")]
         print(table(("component", "parameters", "share"), rows))
@@ -359,7 +363,10 @@ def _architecture_text(cfg: TransformerConfig) -> str:
     """The architecture options that differ from the plain pre-norm block, on one line."""
     default = TransformerConfig(vocab_size=1, d_model=2, n_layers=1, n_heads=1, d_ff=1, seq_len=1)
     names = ("norm_placement", "norm_offset", "norm_bias", "mlp_bias", "head_bias", "qk_norm", "parallel_residual",
-             "shared_norm", "rotary_fraction", "sliding_window", "global_every", "attn_softcap", "final_softcap")
+             "shared_norm", "rotary_fraction", "sliding_window", "global_every", "attn_softcap", "final_softcap",
+             "n_experts", "experts_per_token", "n_shared_experts", "d_ff_expert", "d_ff_shared", "dense_layers",
+             "router", "capacity_factor", "attention_kind", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
+             "v_head_dim")
     return " ".join(f"{n}={getattr(cfg, n)}" for n in names if getattr(cfg, n) != getattr(default, n))
 
 

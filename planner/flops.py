@@ -217,6 +217,8 @@ def per_device_dot_flops(cfg: TransformerConfig, layout, *, batch_size, seq_len=
     per forward matmul (`backward_matmuls`).
     """
     seq_len = cfg.seq_len if seq_len is None else seq_len
+    if cfg.is_moe or cfg.is_mla:
+        return _per_device_moe_mla(cfg, layout, batch_size, seq_len, mode)
     cfg, batch_size, seq_len = promote(cfg, batch_size, seq_len)
     exact = isinstance(batch_size, int) and not cfg.relaxed
     div = (lambda n, g: -(-n // g)) if exact else (lambda n, g: n / g)  # noqa: E731
@@ -235,6 +237,46 @@ def per_device_dot_flops(cfg: TransformerConfig, layout, *, batch_size, seq_len=
     total = layers * per_layer + 2 * tokens * d * vocab
     factor = {"forward": 1, "backward": 2, "train": 3}[mode]
     return factor * total
+
+
+#: Matmul components whose output (or contracted) width `models.sharding` splits over tp.
+_TP_SPLIT = ("q", "k", "v", "q_b", "kv_b", "attn_scores", "attn_values", "attn_out", "mlp_in", "mlp_gate",
+             "mlp_out", "experts", "shared_experts")
+
+
+def _per_device_moe_mla(cfg: TransformerConfig, layout, batch_size, seq_len, mode: str):
+    """`per_device_dot_flops` for a mixture of experts or latent attention: each component's
+    step matmuls over the chips that split it. Tokens over dp x fsdp (and the queries over cp),
+    the tp-split components (`_TP_SPLIT`: heads, MLP and expert widths) over tp, the vocabulary
+    over tp where it divides, the layers over pp; the router, q_a, kv_a and the capacity path's
+    dispatch are not split by tp. Routed experts assume balanced routing: under ep each chip
+    runs its experts for the tokens sent to them, on average its own tokens' k choices. Exact on
+    the 8-device CPU mesh for latent attention with capacity dispatch on dp=2,fsdp=2,tp=2,ep=2
+    (tests/test_moe_flops.py), per component; the dropless path's ragged_dot is counted at top-k
+    (what a grouped kernel does), not as the CPU lowering's dense form."""
+    cfg, batch_size, seq_len = promote(cfg, batch_size, seq_len)
+    data = layout.dp * layout.fsdp * layout.cp * layout.pp
+    vocab_tp = layout.tp if isinstance(cfg.vocab_size, int) and cfg.vocab_size % layout.tp == 0 else 1
+    fwd = forward_matmuls(cfg, batch_size, seq_len)
+    bwd = backward_matmuls(fwd)
+    total = 0
+    for key, m in fwd.items():
+        name = MATMUL_COMPONENT_OF.get(key, key)
+        products = ([m] if mode in ("forward", "train") else []) + (bwd[key] if mode != "forward" else [])
+        split = data if name != "logits" else layout.dp * layout.fsdp * layout.cp
+        split *= layout.tp if name in _TP_SPLIT else (vocab_tp if name == "logits" else 1)
+        for i, p in enumerate(products):
+            work = fma_matmul(p)
+            # the weight gradient of a projection tp does not split: GSPMD splits it over tp too
+            # (its output gradient arrives tp-split; measured on the 8-device CPU mesh)
+            last = mode != "forward" and i == len(products) - 1 and name in _TP_REPLICATED
+            s = split * (layout.tp if last else 1)
+            total = total + (work // s if isinstance(work, int) and work % s == 0 else
+                             (Fraction(work, s) if isinstance(work, int) else work / s))
+    return total
+
+
+_TP_REPLICATED = ("router", "q_a", "kv_a")
 
 
 def _matmul_convention(cost: Callable[[Matmul], Any]):
@@ -327,7 +369,8 @@ def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
         # x1*cos - x2*sin and x2*cos + x1*sin on each half: 6 ops per pair = 3 per element,
         # on q and k, every layer; plus the cos/sin tables once per forward.
         rot = cfg.rotary_dim  # = hd unless partial rotary
-        c["rope"] = 3 * n_layers * tokens * (h + kv) * rot + _rope_table_flops(t, rot)
+        rope_heads = h + (1 if cfg.is_mla else kv)  # latent attention: one shared rotary key
+        c["rope"] = 3 * n_layers * tokens * rope_heads * rot + _rope_table_flops(t, rot)
         trans += _rope_table_transcendentals(t, rot)
     # 1/sqrt(head_dim) scaling and the causal select on every score; the mask itself (iota
     # compare and tril select) on (t, t), built in every layer.
@@ -338,13 +381,31 @@ def _xla_forward_extra(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
     trans += n_layers * scores
     c["attn_out"] = n_layers * bias * tokens * d
     mlp_bias = 1 if cfg.resolved_mlp_bias else 0
-    c["mlp_in"] = n_layers * mlp_bias * tokens * ff
-    c["mlp_gate"] = n_layers * mlp_bias * tokens * ff if cfg.gated else 0
-    c["mlp_out"] = n_layers * mlp_bias * tokens * d
-    c["activation"] = n_layers * _ACTIVATION_FORWARD[cfg.mlp] * tokens * ff
-    trans += n_layers * _ACTIVATION_TRANSCENDENTALS[cfg.mlp] * tokens * ff
+    dense = n_layers - cfg.moe_layers  # the experts have no biases
+    c["mlp_in"] = dense * mlp_bias * tokens * ff
+    c["mlp_gate"] = dense * mlp_bias * tokens * ff if cfg.gated else 0
+    c["mlp_out"] = dense * mlp_bias * tokens * d
+    hidden = _hidden_elements(cfg, b, t)
+    c["activation"] = _ACTIVATION_FORWARD[cfg.mlp] * hidden
+    trans += _ACTIVATION_TRANSCENDENTALS[cfg.mlp] * hidden
+    if cfg.is_moe:  # the router's exp (softmax) or logistic (sigmoid) on every (token, expert)
+        trans += cfg.moe_layers * tokens * cfg.n_experts
     c["residual"] = n_layers * 2 * tokens * d
     return c, trans
+
+
+def _hidden_elements(cfg: TransformerConfig, b, t):
+    """MLP hidden units over all layers: tokens x d_ff per dense layer; per MoE layer the expert
+    rows (tokens x k dropless, n_experts x capacity per sequence with a capacity factor) x
+    d_ff_expert, and tokens x the shared experts' width."""
+    tokens = b * t
+    out = (cfg.n_layers - cfg.moe_layers) * tokens * cfg.d_ff
+    if cfg.is_moe:
+        mm = moe_matmuls(cfg, b, t)
+        out = out + cfg.moe_layers * mm["experts"].m * cfg.resolved_d_ff_expert
+        if cfg.n_shared_experts:
+            out = out + cfg.moe_layers * tokens * cfg.n_shared_experts * cfg.resolved_d_ff_shared
+    return out
 
 
 def _rope_table_flops(t, hd):
@@ -384,16 +445,17 @@ def _xla_backward_extra(cfg: TransformerConfig, b, t) -> dict[str, Any]:
     c["v"] = n_layers * ((bias_grad(kv * hd) if qkv_bias else 0) + tokens * d)
     if cfg.position == "rope":
         # the transposed rotation: 4.5 per element of q and k
-        c["rope"] = n_layers * 9 * tokens * (h + kv) * _half(cfg.rotary_dim)
+        c["rope"] = n_layers * 9 * tokens * (h + (1 if cfg.is_mla else kv)) * _half(cfg.rotary_dim)
     c["attn_scores"] = n_layers * 2 * scores  # through the causal select and the 1/sqrt(hd) scale
     c["softmax"] = n_layers * (6 * scores + 2 * b * h * t)
     c["attn_out"] = n_layers * (bias_grad(d) if bias else 0)
     mlp_bias = cfg.resolved_mlp_bias
-    c["mlp_in"] = n_layers * (bias_grad(ff) if mlp_bias else 0)
+    dense = n_layers - cfg.moe_layers
+    c["mlp_in"] = dense * (bias_grad(ff) if mlp_bias else 0)
     if cfg.gated:
-        c["mlp_gate"] = n_layers * ((bias_grad(ff) if mlp_bias else 0) + tokens * d)
-    c["activation"] = n_layers * _ACTIVATION_BACKWARD[cfg.mlp] * tokens * ff
-    c["mlp_out"] = n_layers * (bias_grad(d) if mlp_bias else 0)
+        c["mlp_gate"] = dense * ((bias_grad(ff) if mlp_bias else 0) + tokens * d)
+    c["activation"] = _ACTIVATION_BACKWARD[cfg.mlp] * _hidden_elements(cfg, b, t)
+    c["mlp_out"] = dense * (bias_grad(d) if mlp_bias else 0)
     # x feeds both the norm and the residual add, twice per block: one add each for its gradient.
     c["residual"] = n_layers * 2 * tokens * d
     # optax.softmax_cross_entropy_with_integer_labels, then the mean: forward 3 per logit +
@@ -413,6 +475,14 @@ def _norm_rows(cfg: TransformerConfig, tokens):
     return []
 
 
+def _latent_norm_widths(cfg: TransformerConfig) -> list:
+    """Widths of latent attention's norms in one layer: q_lora_rank (when q is compressed) and
+    kv_lora_rank (`models.mla`)."""
+    if not cfg.is_mla:
+        return []
+    return ([cfg.q_lora_rank] if cfg.q_lora_rank is not None else []) + [cfg.kv_lora_rank]
+
+
 def layer_norm_elements(cfg: TransformerConfig, tokens):
     """Elements one layer's norms normalise: its d_model norms on every token, and its QK-norms."""
     return cfg.norms_per_layer * tokens * cfg.d_model + sum(n * w for n, w in _norm_rows(cfg, tokens))
@@ -430,6 +500,10 @@ def _xla_arch_forward(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], Any
     rows = _norm_rows(cfg, tokens)
     for n, w in rows:  # QK-norms: the same per-row cost as a d_model norm, at their width
         f, tr = _norm_forward(cfg, n, w)
+        c["norms"] += n_layers * f
+        trans += n_layers * tr
+    for w in _latent_norm_widths(cfg):  # latent attention's RMSNorms on c_Q and c_KV
+        f, tr = _norm_forward(cfg, tokens, w)
         c["norms"] += n_layers * f
         trans += n_layers * tr
     if cfg.norm_offset:  # 1 + scale, once per norm (a vector, not per token)
@@ -460,12 +534,14 @@ def _xla_arch_backward(cfg: TransformerConfig, b, t) -> tuple[dict[str, Any], An
     trans = 0
     for n, w in _norm_rows(cfg, tokens):
         c["norms"] += n_layers * _norm_backward(cfg, n, w)
+    for w in _latent_norm_widths(cfg):
+        c["norms"] += n_layers * _norm_backward(cfg, tokens, w)
     if cfg.position == "rope" and cfg.rotary_fraction != 1:
         # partial rotary: the transposed slice and concatenate add the two zero-padded halves
         # of the cotangent, one add per element of q and k
         c["rope"] += n_layers * tokens * (cfg.n_heads + cfg.resolved_n_kv_heads) * cfg.resolved_head_dim
     if cfg.mlp == "gelu_exact":  # the erf's derivative, exp(-x^2 / 2)
-        trans += n_layers * tokens * cfg.d_ff
+        trans += _hidden_elements(cfg, b, t)
     if cfg.attn_softcap is not None:
         c["attn_scores"] += n_layers * 6 * scores
     if cfg.head_bias:
@@ -501,6 +577,27 @@ def xla_ragged_dot_extra(cfg: TransformerConfig, batch_size, seq_len, mode: str)
     return (cfg.n_experts - 1) * ragged * {"forward": 1, "backward": 2, "train": 3}[mode]
 
 
+def _ragged_dot_masks(cfg: TransformerConfig, b, t, mode: str):
+    """The elementwise work of the default ragged_dot lowering (`xla_ragged_dot_extra`): per
+    (m x k) @ (g, k, n) product, forward, the two bound compares, their and, and the select of
+    the lhs broadcast to (g, m, k): 4 g m k; backward (both products), 5 g m n + 4 g m k
+    (measured on a bare ragged_dot, jax 0.10: within 2% of XLA's count of that part)."""
+    if not cfg.is_moe or cfg.capacity_factor is not None:
+        return 0
+    mm = moe_matmuls(cfg, b, t)
+    E = cfg.n_experts
+    out = 0
+    for key in ("experts", "experts_gate", "experts_out"):
+        if key not in mm:
+            continue
+        m = mm[key]
+        if mode in ("forward", "train"):
+            out += 4 * E * m.m * m.n * m.count
+        if mode in ("backward", "train"):
+            out += (5 * E * m.m * m.p + 4 * E * m.m * m.n) * m.count
+    return out
+
+
 def _count_xla(cfg, batch_size, seq_len, mode, causal):
     """What XLA's HLO cost analysis counts for `models.Transformer` (mode "forward": the logits
     of ``model(tokens)``) and `models.train_step` (mode "train": forward, loss, backward and the
@@ -514,7 +611,8 @@ def _count_xla(cfg, batch_size, seq_len, mode, causal):
     which moves the count by a handful of FLOPs (tests/test_flops.py).
     """
     comps, _ = _count_fma(cfg, batch_size, seq_len, mode, causal)
-    comps["experts"] = comps["experts"] + xla_ragged_dot_extra(cfg, batch_size, seq_len, mode)
+    comps["experts"] = (comps["experts"] + xla_ragged_dot_extra(cfg, batch_size, seq_len, mode)
+                        + _ragged_dot_masks(cfg, batch_size, seq_len, mode))
     trans = 0
     fwd_extra, fwd_trans = _xla_forward_extra(cfg, batch_size, seq_len)
     tokens = batch_size * seq_len
@@ -558,18 +656,37 @@ def _share(x, mode: str):
 def _count_6nd(cfg, batch_size, seq_len, mode, causal):
     """C = 6 N D for training: 2 N D forward, 4 N D backward (Kaplan et al. 2020 §2.1; Hoffmann
     et al. 2022). N = all parameters (Hoffmann's convention; tied embeddings counted once),
-    D = batch_size * seq_len tokens."""
-    n, tokens = count_params(cfg).total, batch_size * seq_len
+    D = batch_size * seq_len tokens. For a mixture of experts N is the active parameters
+    (`ParamCount.active`: the k routed experts a token uses, not all of them), as MoE papers
+    quote training compute (DeepSeek-V2 §3.2.1 and DeepSeek-V3 §4: FLOPs from activated
+    parameters; Muennighoff et al. 2024, OLMoE §2)."""
+    n, tokens = count_params(cfg).active, batch_size * seq_len
     per = {"forward": 2, "backward": 4, "train": 6}[mode]
     return {"6ND": per * n * tokens}, None
+
+
+def _active_ff(cfg: TransformerConfig):
+    """The MLP width one token passes through, averaged over the layers: d_ff in a dense layer,
+    k * d_ff_expert + n_shared_experts * d_ff_shared in a MoE layer."""
+    if not cfg.is_moe:
+        return cfg.d_ff
+    moe_ff = cfg.experts_per_token * cfg.resolved_d_ff_expert + cfg.n_shared_experts * cfg.resolved_d_ff_shared
+    summed = cfg.dense_layers * cfg.d_ff + cfg.moe_layers * moe_ff
+    if not isinstance(summed, int) or not isinstance(cfg.n_layers, int):
+        return summed / cfg.n_layers
+    q = Fraction(summed, cfg.n_layers)
+    return q.numerator if q.denominator == 1 else q
 
 
 def _count_kaplan(cfg, batch_size, seq_len, mode, causal):
     """Kaplan et al. 2020, Table 1, the non-embedding total: C_forward = 2N + 2 n_layer n_ctx d_attn
     per token with N = 2 d_model n_layer (2 d_attn + d_ff), row by row (QKV, mask, project,
     feedforward); backward = 2 x forward. d_attn = n_heads * head_dim, n_ctx = seq_len. The
-    formula assumes multi-head attention and a two-matrix MLP: GQA and gated MLPs are not in it."""
-    n_layers, d, ff = cfg.n_layers, cfg.d_model, cfg.d_ff
+    formula assumes multi-head attention and a two-matrix MLP: GQA and gated MLPs are not in it.
+    For a mixture of experts the feedforward row takes the width a token passes through, the
+    active one (k routed experts + the shared ones, averaged over the layers), and no router;
+    latent attention is not in the formula (its d_attn is n_heads * head_dim as printed)."""
+    n_layers, d, ff = cfg.n_layers, cfg.d_model, _active_ff(cfg)
     d_attn = cfg.n_heads * cfg.resolved_head_dim
     tokens = batch_size * seq_len
     rows = {
@@ -585,9 +702,11 @@ def _count_kaplan(cfg, batch_size, seq_len, mode, causal):
 def _count_palm(cfg, batch_size, seq_len, mode, causal):
     """PaLM (Chowdhery et al. 2022), Appendix B: training FLOPs per token = 6N + 12 L H Q T
     (N parameters, L layers, H heads, Q head dim, T sequence length), as nanoGPT's
-    `estimate_mfu`; forward is one third of it. N = all parameters, as PaLM 540B's 540.35B."""
+    `estimate_mfu`; forward is one third of it. N = all parameters, as PaLM 540B's 540.35B; for
+    a mixture of experts the active parameters (MaxText's and Megatron's MoE MFU count the
+    experts a token is routed to). Q is head_dim (latent attention: its non-rotary part, as printed)."""
     tokens = batch_size * seq_len
-    n = count_params(cfg).total
+    n = count_params(cfg).active
     attn = 12 * cfg.n_layers * cfg.n_heads * cfg.resolved_head_dim * seq_len
     return {"6N": _share(6 * n * tokens, mode), "12LHQT": _share(attn * tokens, mode)}, None
 
@@ -597,7 +716,9 @@ def _count_megatron(cfg, batch_size, seq_len, mode, causal, *, recompute: bool =
     §5.1): per iteration 72 B s l h^2 (1 + s/(6h) + V/(12 l h)) without activation
     recomputation, 96 B s l h^2 (1 + s/(6h) + V/(16 l h)) with it (an extra forward). Expanded
     to integers; h = d_model, l = n_layers, V = vocab; assumes d_ff = 4h and multi-head attention.
-    Forward is one third of the no-recompute count."""
+    Forward is one third of the no-recompute count. A dense-model formula: it has no experts or
+    latent attention and is reproduced as printed for every config (for a mixture of experts
+    it counts one d_ff = 4h MLP per layer, whatever the experts)."""
     b, s, n_layers, h, v = batch_size, seq_len, cfg.n_layers, cfg.d_model, cfg.vocab_size
     if recompute:
         terms = {"dense": 96 * b * s * n_layers * h * h, "attention": 16 * b * s * s * n_layers * h,
@@ -619,8 +740,9 @@ def _count_chinchilla(cfg, batch_size, seq_len, mode, causal):
     """Hoffmann et al. 2022, Appendix F, forward pass per sequence: embeddings 2 s V d; QKV
     2*3 s d (k h); attention logits 2 s^2 (k h); softmax 3 h s^2; softmax @ value 2 s^2 (k h);
     final linear 2 s (k h) d; dense block 2 s (d ff + d ff) per layer; final logits 2 s d V.
-    Backward = 2 x forward. k = head_dim (key size), h = n_heads."""
-    s, n_layers, d, ff, v = seq_len, cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size
+    Backward = 2 x forward. k = head_dim (key size), h = n_heads. For a mixture of experts the
+    dense block takes the active width (k routed experts + shared, averaged over the layers)."""
+    s, n_layers, d, ff, v = seq_len, cfg.n_layers, cfg.d_model, _active_ff(cfg), cfg.vocab_size
     kh, h = cfg.n_heads * cfg.resolved_head_dim, cfg.n_heads
     rows = {
         "embeddings": 2 * s * v * d,
@@ -638,7 +760,9 @@ def _count_chinchilla(cfg, batch_size, seq_len, mode, causal):
 
 def _count_deepseek(cfg, batch_size, seq_len, mode, causal):
     """DeepSeek LLM (DeepSeek-AI 2024), Eq. 2: non-embedding training FLOPs per token
-    M = 72 n_layer d_model^2 + 12 n_layer d_model l_seq; forward is one third of it."""
+    M = 72 n_layer d_model^2 + 12 n_layer d_model l_seq; forward is one third of it. A dense-model
+    formula, as printed for every config: DeepSeekMoE, V2 and V3 publish no closed form of their
+    own, quoting FLOPs from activated parameters (which "6nd" gives, with N active)."""
     tokens, n_layers, d = batch_size * seq_len, cfg.n_layers, cfg.d_model
     terms = {"72Ld^2": 72 * n_layers * d * d * tokens, "12Ld*seq": 12 * n_layers * d * seq_len * tokens}
     return {k: _share(x, mode) for k, x in terms.items()}, None
@@ -664,10 +788,13 @@ COMPONENT_CONVENTIONS = ("fma", "no_fma", "xla")
 # ----------------------------------------------------------------------------- recomputation
 #: Layer components the backward pass can re-run (the forward work of one block).
 _LAYER_COMPONENTS = ("norms", "q", "k", "v", "rope", "attn_scores", "softmax", "attn_values", "attn_out",
-                     "mlp_in", "mlp_gate", "activation", "mlp_out", "residual")
+                     "mlp_in", "mlp_gate", "activation", "mlp_out", "residual",
+                     # mixture of experts and latent attention (recomputation not validated for them)
+                     "q_a", "q_b", "kv_a", "kv_b", "router", "experts", "shared_experts", "dispatch")
 #: Matmuls without batch dimensions: their outputs are what ``dots_with_no_batch_dims_saveable``
 #: keeps, so the "dots" policy does not redo them.
-_NO_BATCH_DOTS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_gate")
+_NO_BATCH_DOTS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_gate", "q_a", "q_b", "kv_a", "kv_b", "router",
+                  "shared_experts")
 
 
 def recompute_flops(cfg: TransformerConfig, *, batch_size=1, seq_len=None, layout=None,

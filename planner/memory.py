@@ -118,8 +118,16 @@ def activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout = Lay
     Under ``tp`` every tensor inside attention and the MLP is split (Korthikanti et al. Eq. 2:
     10 sbh + 24 sbh / t); with ``sequence_parallel`` the norm tensors and masks too (Eq. 3). ``cp``
     splits the tokens; dot-attention scores then span the whole sequence of keys.
+
+    Mixture of experts (per layer, averaged over the layers): ``mlp`` takes the hidden width a
+    token passes through, k * d_ff_expert + n_shared_experts * d_ff_shared in a MoE layer (its
+    top-k copies, not all experts), and ``moe`` the routing tensors: the k sorted copies of the
+    token and the k expert outputs (2 k d) and the router's probabilities (n_experts). Latent
+    attention (`models.mla`): q and k of h (head_dim + qk_rope_head_dim), v and the context of
+    h v_head_dim, and ``latent`` the latents' norm inputs and outputs (2 q_lora_rank + 2
+    kv_lora_rank + qk_rope_head_dim).
     """
-    d, ff = cfg.d_model, cfg.d_ff
+    d, ff = cfg.d_model, _token_mlp_width(cfg)
     h, kv, hd = cfg.n_heads, cfg.resolved_n_kv_heads, cfg.resolved_head_dim
     tp = layout.tp
     sp = tp if layout.sequence_parallel else 1
@@ -141,8 +149,24 @@ def activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout = Lay
         "extra_norms": 2 * d * (cfg.norms_per_layer - 2) / sp,
         "qk_norm": (h + kv) * hd / tp if cfg.qk_norm is not None else 0,
         "softcap_scores": h * seq_len / tp if dot and cfg.attn_softcap is not None else 0,
+        "moe": (cfg.moe_layers * (2 * cfg.experts_per_token * d + cfg.n_experts) / cfg.n_layers
+                if cfg.is_moe else 0),
+        "latent": 0,
     }
+    if cfg.is_mla:
+        qk, vhd = cfg.qk_head_dim, cfg.resolved_v_head_dim
+        out.update(qk=2 * h * qk / tp, v=h * vhd / tp, context=h * vhd / tp,
+                   latent=2 * (cfg.q_lora_rank or 0) + 2 * cfg.kv_lora_rank + cfg.qk_rope_head_dim)
     return out
+
+
+def _token_mlp_width(cfg: TransformerConfig):
+    """The MLP hidden width one token passes through, averaged over the layers (d_ff for a
+    dense model; k routed + the shared experts' widths in a MoE layer)."""
+    if not cfg.is_moe:
+        return cfg.d_ff
+    moe = cfg.experts_per_token * cfg.resolved_d_ff_expert + cfg.n_shared_experts * cfg.resolved_d_ff_shared
+    return (cfg.dense_layers * cfg.d_ff + cfg.moe_layers * moe) / cfg.n_layers
 
 
 #: Bytes per element of each activation kind: the compute dtype ("act"), one-byte dropout masks,
@@ -170,7 +194,7 @@ def saved_activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout
     - "full" (``nothing_saveable``): the block input only, d per token (Table 2: 2 sbh).
     """
     full = activation_elements(cfg, seq_len, layout=layout, dropout=dropout)
-    d, ff = cfg.d_model, cfg.d_ff
+    d, ff = cfg.d_model, _token_mlp_width(cfg)
     h, kv, hd = cfg.n_heads, cfg.resolved_n_kv_heads, cfg.resolved_head_dim
     tp, sp = layout.tp, layout.tp if layout.sequence_parallel else 1
     zero = dict.fromkeys(full, 0)
@@ -181,8 +205,8 @@ def saved_activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout
     if layout.remat == "full":
         return {**zero, "norm_in": d / sp}
     # dots
-    return {**zero, "norm_in": 2 * d / sp, "qk": (h + kv) * hd / tp, "v": kv * hd / tp,
-            "mlp": (2 if cfg.gated else 1) * ff / tp}
+    return {**zero, "norm_in": 2 * d / sp, "qk": full["qk"] if cfg.is_mla else (h + kv) * hd / tp,
+            "v": full["v"] if cfg.is_mla else kv * hd / tp, "mlp": (2 if cfg.gated else 1) * ff / tp}
 
 
 def _bytes(elements: dict[str, Any], tokens, act: int) -> Any:
@@ -241,14 +265,25 @@ def _split_params(cfg: TransformerConfig, layout: Layout) -> dict[str, Any]:
     """Parameters per chip before fsdp: (all layers' matrices / tp + their norms) / pp, the
     embedding and head / tp (vocabulary parallel), on the first (and last) pipeline stage."""
     comps = param_components(cfg)
-    norms = comps["attn_norm"] + comps["mlp_norm"]
-    layers = sum(comps[k] for k in ("q", "k", "v", "attn_out", "mlp_in", "mlp_gate", "mlp_out"))
+    norms = comps["attn_norm"] + comps["mlp_norm"] + comps["q_a_norm"] + comps["kv_a_norm"] + comps["router"]
+    layers = sum(comps[k] for k in ("q", "k", "v", "attn_out", "mlp_in", "mlp_gate", "mlp_out",
+                                    "q_a", "q_b", "kv_a", "kv_b", "shared_experts"))
     tables = comps["embedding"] + comps["position"] + comps["head"] + comps["final_norm"]
     if layout.pp > 1:  # the first stage has the token (and position) table; the last the head
         first = comps["embedding"] + comps["position"] + (comps["embedding"] if cfg.tied_embeddings else 0)
         last = comps["head"] + comps["final_norm"] + (comps["embedding"] if cfg.tied_embeddings else 0)
         tables = _max(first, last)
-    return {"layers": (layers / layout.tp + norms) / layout.pp, "tables": tables / layout.tp}
+    # routed experts: the expert dimension over ep (data axes), their width over tp, and over
+    # fsdp too unless ep's axes include it (models.sharding.expert_axes: one dimension per axis)
+    from models.sharding import expert_axes
+
+    if comps["experts"] == 0:
+        experts = 0
+    else:
+        ep_axes = expert_axes(layout) if layout.ep > 1 else ()
+        fsdp_rest = 1 if "fsdp" in ep_axes else layout.fsdp
+        experts = comps["experts"] / (layout.tp * layout.ep * fsdp_rest * layout.pp)
+    return {"layers": (layers / layout.tp + norms) / layout.pp, "tables": tables / layout.tp, "experts": experts}
 
 
 def _in_flight(layout: Layout, micro_batches) -> Any:
@@ -314,7 +349,7 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
 
     # state
     split = _split_params(cfg, layout)
-    local_params = (split["layers"] + split["tables"]) / layout.fsdp
+    local_params = (split["layers"] + split["tables"]) / layout.fsdp + split["experts"]
     opt_share = layout.dp if layout.optimizer_sharding else 1
     per_replica = batch_size / layout.data_parallel
     micro = per_replica if layout.micro_batch is None else layout.micro_batch

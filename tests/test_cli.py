@@ -119,7 +119,11 @@ def test_version_and_help():
 
 
 # ------------------------------------------------- first contact: correct answers (issue 10)
-@pytest.mark.parametrize("name", __import__("models").presets.names())
+# The dense search's bases: the mixture-of-experts and latent-attention presets are planned by
+# plan(moe=True) (issue 16), not as dense shapes.
+@pytest.mark.parametrize("name", [n for n in __import__("models").presets.names()
+                                  if not __import__("models").presets.get(n).is_moe
+                                  and not __import__("models").presets.get(n).is_mla])
 def test_every_preset_is_a_valid_base(name):
     """The search keeps the base's KV grouping valid for every preset: each rounded candidate is a
     valid config whose KV heads divide its query heads (GQA groups of 7 and 8, MQA included)."""

@@ -99,6 +99,8 @@ def test_plan_moe_bad_input():
 
     with pytest.raises(ValueError, match="FLOP budget"):
         plan(moe=True, hardware="h100", chips=8, days=1)
+    with pytest.raises(ValueError, match="give chips= too"):
+        plan(1e20, moe=True, hardware="h100")
     with pytest.raises(ValueError, match="granularities"):
         plan(1e20, moe=True, granularities=(0,))
     with pytest.raises(ValueError, match="moe=True"):

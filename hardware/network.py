@@ -176,7 +176,9 @@ def strides(degrees: dict[str, Any]) -> dict[str, Any]:
 def _ring(kind: str, nbytes, n, bandwidth, latency):
     if kind == "send":
         return nbytes / bandwidth + latency
-    factor = COLLECTIVE_FACTORS[kind]
+    # On a switch or fat tree each chip sends (n - 1)/n of its all-to-all buffer over its own
+    # link, as much as an all-gather; the 1/2 of `COLLECTIVE_FACTORS` is a torus ring's.
+    factor = 1.0 if kind == "all_to_all" else COLLECTIVE_FACTORS[kind]
     return factor * ((n - 1) / n * nbytes / bandwidth + (n - 1) * latency)
 
 

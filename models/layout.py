@@ -47,7 +47,7 @@ PIPELINE_SCHEDULES = ("1f1b", "gpipe", "interleaved")
 #: Mesh degrees, in the order the mesh axes are laid out (outermost first).
 MESH_DEGREES = ("pp", "dp", "fsdp", "cp", "tp")
 _INT_FIELDS = MESH_DEGREES + ("virtual_stages", "micro_batch", "ep")
-_BOOL_FIELDS = ("sequence_parallel", "optimizer_sharding", "master_fp32", "tp_overlap", "dp_overlap")
+_BOOL_FIELDS = ("sequence_parallel", "optimizer_sharding", "master_fp32", "tp_overlap", "dp_overlap", "ep_overlap")
 _CHOICE_FIELDS = {
     "remat": REMAT_POLICIES,
     "attention": ATTENTION_KINDS,
@@ -91,6 +91,9 @@ class Layout:
       flash_kernel: with attention="flash", the kernel: "jax" (`models.flash`, blockwise JAX,
         runs anywhere) or "pallas" (JAX's Pallas TPU kernel; TPU backends only, including the
         compile-only libtpu target).
+      ep_overlap: the expert all-to-alls run concurrently with other micro-batches' compute
+        (DeepSeek-V3's DualPipe, arXiv:2412.19437 §3.2.1); otherwise they sit on the critical
+        path between the router and the experts.
     """
 
     remat: str = "none"
@@ -112,6 +115,7 @@ class Layout:
     tp_overlap: bool = False
     dp_overlap: bool = False
     flash_kernel: str = "jax"
+    ep_overlap: bool = False
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -167,12 +171,15 @@ class Layout:
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ checks against a model
-    def check(self, cfg, *, batch_size: int | None = None, seq_len: int | None = None) -> None:
+    def check(self, cfg, *, batch_size: int | None = None, seq_len: int | None = None,
+              uneven_stages: bool = False) -> None:
         """Raise ValueError naming what this layout cannot split in ``cfg`` (concrete shapes only).
 
         Heads and KV heads by ``tp``; ``d_ff`` by ``tp``; layers by ``pp x virtual_stages``;
         the batch by the data degrees (and by ``micro_batch`` per replica); the sequence by
-        ``cp`` (and by ``tp`` with sequence parallelism).
+        ``cp`` (and by ``tp`` with sequence parallelism); the experts by ``ep``.
+        ``uneven_stages`` drops the layer rule (stages of different depths, as DeepSeek-V3's 61
+        layers on 16 stages).
         """
         if getattr(cfg, "relaxed", False):
             return
@@ -180,8 +187,9 @@ class Layout:
             ("n_heads", cfg.n_heads, self.tp, "tp"),
             ("n_kv_heads", cfg.resolved_n_kv_heads, self.tp, "tp"),
             ("d_ff", cfg.d_ff, self.tp, "tp"),
-            ("n_layers", cfg.n_layers, self.pp * self.virtual_stages, "pp x virtual_stages"),
         ]
+        if not uneven_stages:
+            rules.append(("n_layers", cfg.n_layers, self.pp * self.virtual_stages, "pp x virtual_stages"))
         if getattr(cfg, "is_moe", False):
             rules += [("n_experts", cfg.n_experts, self.ep, "ep"),
                       ("d_ff_expert", cfg.resolved_d_ff_expert, self.tp, "tp")]

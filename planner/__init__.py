@@ -29,6 +29,7 @@ from planner.flops import (
 )
 from planner.collectives import Collective, bytes_per_axis, collectives
 from planner.laws import LAWS, FitResult, ScalingLaw, fit_scaling_law, get_law, load_dataset, load_runs_csv
+from planner.laws import MOE_LAWS, MoEScalingLaw, get_moe_law
 from planner.memory import MemoryEstimate, estimate_memory, kv_cache_bytes
 from planner.params import PARAM_COMPONENTS, ParamCount, count_params, param_components
 from planner.layouts import LayoutResult, LayoutSearch, search_layouts
@@ -114,4 +115,7 @@ __all__ = [
     "MemoryReport",
     "recompute_flops",
     "validate_memory",
+    "MOE_LAWS",
+    "MoEScalingLaw",
+    "get_moe_law",
 ]

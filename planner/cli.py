@@ -1069,10 +1069,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if args.budget is None and args.hardware is None:
         raise UsageError("give --budget FLOPS (e.g. 1e21), or --hardware NAME --chips N --days D")
+    if args.moe:
+        if args.plot is not None:
+            raise UsageError("--plot: not with --moe")
+        return _cmd_plan_moe(args)
     if args.budget is not None and args.hardware is not None:
         raise UsageError("give either --budget or a hardware budget (--hardware/--chips/--days), not both")
     if args.plot is not None:
         check_plot_path(args.plot)
+    if args.granularities is not None:
+        raise UsageError("--granularities applies with --moe")
     p = plan(args.budget, **_plan_kwargs(args))
     print(dumps(_plan_json(p, args)) if args.json else _plan_text(p, args))
     if args.plot is not None:
@@ -1090,6 +1096,69 @@ def cmd_plan(args: argparse.Namespace) -> int:
             isoflop_figure(p, args.plot)
         if not args.json:
             print(f"plot written to {args.plot}")
+    return 0
+
+
+def _cmd_plan_moe(args: argparse.Namespace) -> int:
+    """plan --moe: the mixture-of-experts plan under the MoE law, beside the dense plan."""
+    from planner.search import plan
+
+    if args.budget is None:
+        raise UsageError("--moe plans a FLOP budget: give --budget FLOPS (e.g. 1e23); --hardware and --chips then "
+                         "size the experts' memory on that target")
+    for flag, v in (("--days", args.days), ("--layout", args.layout),
+                    ("--law-file", args.law_file), ("--mfu", args.mfu),
+                    ("--max-memory", args.max_memory), ("--dtype", args.dtype)):
+        if v is not None:
+            raise UsageError(f"{flag}: --moe plans a FLOP budget (--budget); give --hardware and --chips to size the "
+                             "experts' memory on a target")
+    gs = None
+    if args.granularities is not None:
+        try:
+            gs = tuple(int(g) for g in args.granularities.split(","))
+        except ValueError:
+            raise UsageError(f"--granularities {args.granularities!r}: expected ints, e.g. 1,2,4,8,16") from None
+    kw = _plan_kwargs(args)
+    dense_law = kw["law"] if args.law is None or args.law in ("chinchilla", "chinchilla-rounded", "epoch") else "chinchilla"
+    moe_law = "krajewski" if args.law is None or args.law in ("chinchilla", "chinchilla-rounded", "epoch") else args.law
+    chips, target = kw.pop("chips"), kw.pop("hardware")
+    kw.pop("law")
+    kw.pop("days")
+    sparse = plan(args.budget, moe=True, law=moe_law, granularities=gs, chips=chips, hardware=target, **kw)
+    dense = plan(args.budget, law=dense_law, **kw)
+    m = sparse.moe
+    out = {"moe": _plan_json(sparse, None), "dense": _plan_json(dense, None), "experts": m,
+           "loss_below_dense": sparse.loss < dense.loss}
+    out["moe"]["law"] = m["law"]
+    if args.json:
+        print(dumps(out))
+        return 0
+    c = sparse.config
+    mem = m["memory"]
+    lines = [
+        f"budget      {sparse.budget:.3g} FLOPs; convention {sparse.convention}",
+        f"MoE law     Krajewski et al. 2024 Eq. 5: L = c + (g/G^gamma + a)/N^alpha + b/D^beta, a={m['law']['a']:g} "
+        f"alpha={m['law']['alpha']:g} b={m['law']['b']:g} beta={m['law']['beta']:g} g={m['law']['g']:g} "
+        f"gamma={m['law']['gamma']:g} c={m['law']['c']:g}, expansion E={m['expansion']} (N = non-embedding, all experts)",
+        f"sparse      d_model={c.d_model} n_layers={c.n_layers} n_heads={c.n_heads} d_ff(dense)={c.d_ff}; "
+        f"{m['n_experts']} experts of width {m['d_ff_expert']}, top-{m['experts_per_token']} (G={m['granularity']})",
+        f"            {human(m['total_params'])} total params, {human(m['active_params'])} active per token; "
+        f"{human(sparse.tokens)} tokens = {sparse.steps:,} steps x {sparse.batch_size} x {c.seq_len}",
+        f"            loss {sparse.loss:.4f} predicted; by granularity: "
+        + ", ".join(f"G={g} {v:.4f}" for g, v in m["loss_by_granularity"].items()),
+        f"experts     {human(mem['expert_params'])} routed-expert params, {human(mem['total_bytes'], 'B')} of weights, "
+        "gradients and AdamW state" + (f", {human(mem['bytes_per_chip'], 'B')} per chip over ep={mem['ep']}"
+                                       if "bytes_per_chip" in mem else "")
+        + (f" ({100 * mem['hbm_fraction']:.0f}% of a {mem['target']}'s {human(mem['hbm_bytes'], 'B')}"
+           f"{'' if mem['fits'] else ': does not fit, add chips'})" if "target" in mem else ""),
+        f"dense       {human(dense.params)} params: d_model={dense.config.d_model} n_layers={dense.config.n_layers}; "
+        f"{human(dense.tokens)} tokens; loss {dense.loss:.4f} predicted by the dense law "
+        f"(E={dense.law.E:.4g} A={dense.law.A:.4g} B={dense.law.B:.4g} alpha={dense.law.alpha:.4g} beta={dense.law.beta:.4g})",
+        f"sparse - dense: {sparse.loss - dense.loss:+.4f} nats (the two laws were fitted on different data, C4 and "
+        "MassiveText: see the README's MoE section)",
+    ]
+    lines += [f"note: {n}" for n in sparse.notes]
+    print("\n".join(lines))
     return 0
 
 
@@ -1279,6 +1348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, metavar="FLOPS", help="training FLOPs to spend, e.g. 1e21")
     p.add_argument("--plot", metavar="PNG", help="write the plan's roofline (hardware budget) or its isoFLOP "
                                                  "curve (needs matplotlib)")
+    p.add_argument("--moe", action="store_true", help="plan a mixture of experts under the MoE law (Krajewski et "
+                                                      "al. 2024) and show it beside the dense plan")
+    p.add_argument("--granularities", metavar="G,G,...", help="with --moe: the granularities to try "
+                                                              "(default 1,2,4,8,16)")
     _add_plan_args(p)
     p.set_defaults(func=cmd_plan)
 

@@ -195,13 +195,22 @@ def parameters(cfg: TransformerConfig, layers) -> list[_Param]:
     ps.append(_Param("attn_out", (("heads", qw), ("embed", d)), layers, True, False))
     if bias:
         ps.append(_Param("attn_out", (("embed", d),), layers, False, True))
+    dense = layers if not cfg.is_moe else _dense_layers_here(cfg, layers)
     for name in ("mlp_in", "mlp_gate") if cfg.gated else ("mlp_in",):
-        ps.append(_Param(name, (("embed", d), ("mlp", ff)), layers, True, False))
+        ps.append(_Param(name, (("embed", d), ("mlp", ff)), dense, True, False))
         if bias:
-            ps.append(_Param(name, (("mlp", ff),), layers, False, False))
-    ps.append(_Param("mlp_out", (("mlp", ff), ("embed", d)), layers, True, False))
+            ps.append(_Param(name, (("mlp", ff),), dense, False, False))
+    ps.append(_Param("mlp_out", (("mlp", ff), ("embed", d)), dense, True, False))
     if bias:
-        ps.append(_Param("mlp_out", (("embed", d),), layers, False, True))
+        ps.append(_Param("mlp_out", (("embed", d),), dense, False, True))
+    if cfg.is_moe:  # the router and the shared experts; the routed experts are `expert_parameters`
+        moe = layers - dense
+        ps.append(_Param("router", (("embed", d), (None, cfg.n_experts)), moe, True, False))
+        if cfg.n_shared_experts:
+            sh = cfg.n_shared_experts * cfg.resolved_d_ff_shared
+            for name in ("mlp_in", "mlp_gate") if cfg.gated else ("mlp_in",):
+                ps.append(_Param("shared_experts", (("embed", d), ("mlp", sh)), moe, True, False))
+            ps.append(_Param("shared_experts", (("mlp", sh), ("embed", d)), moe, True, False))
     for s in norm:
         ps.append(_Param("norms", s, 1, False, True))
     if not cfg.tied_embeddings:
@@ -326,7 +335,7 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
             again = train and gather_in_backward and p.backward_use
             for phase in ("forward", "backward") if again else ("forward",):
                 count = p.copies * steps
-                if phase == "backward" and p.component in keep_last_gathered:
+                if phase == "backward" and p.component in keep_last_gathered and not cfg.is_moe:
                     count = (p.copies - 1) * steps
                 add("all-gather", ("fsdp",), gathered * e_gather, count, component, phase, gather_dtype, "weights")
         if not train:
@@ -415,6 +424,13 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
             add("collective-permute", ("cp",), shard_kv, 4 * (lay.cp - 1) * per_layer, "kv", "backward", dtype,
                 "activations")
 
+    # --- expert parallelism: routed experts and their all-to-alls -----------------------------
+    if cfg.is_moe:
+        out.extend(expert_collectives(cfg, lay, b=b, t=t, steps=steps, train=train, e=e, e_gather=e_gather,
+                                      e_grad=e_grad, e_param=e_param, dtype=dtype, gather_dtype=gather_dtype,
+                                      grad_dtype=grad_dtype, param_dtype=param_dtype,
+                                      gather_in_backward=gather_in_backward, grad_reduce=grad_reduce))
+
     # --- pipeline: activations between stages -----------------------------------------------
     if lay.pp > 1:
         boundary = b * _div(t, lay.tp if sp else 1) * d * e
@@ -422,4 +438,123 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
         add("collective-permute", ("pp",), boundary, sends, "pipeline", "forward", dtype, "activations")
         if train:
             add("collective-permute", ("pp",), boundary, sends, "pipeline", "backward", dtype, "activations")
+    return out
+
+
+# ----------------------------------------------------------------------------- expert parallelism
+def _dense_layers_here(cfg: TransformerConfig, layers):
+    """Dense-MLP layers among the ``layers`` a device holds: the config's ``dense_layers``
+    spread over the pipeline stages as evenly as the layers are (the average device; the
+    ceiling for ints, so that pp = 1 gives dense_layers exactly)."""
+    if isinstance(layers, int) and isinstance(cfg.n_layers, int):
+        return -(-cfg.dense_layers * layers // cfg.n_layers)
+    return cfg.dense_layers * layers / cfg.n_layers
+
+
+def ep_groups(layout: Layout) -> dict[str, int]:
+    """How the expert-parallel group is carved from the data chips, as `models.sharding`
+    places the experts: the whole fsdp axis when ep = fsdp, the whole dp axis when ep = dp,
+    both when ep = dp x fsdp; any other ep (which the sharded model refuses, but a cluster
+    can run) takes ``ep_fsdp = gcd(ep, fsdp)`` chips from fsdp and ``ep_dp = ep / ep_fsdp`` from
+    dp (always whole: ep divides dp x fsdp). What is left shards or replicates the expert
+    weights as FSDP and DP do the dense ones: ``fsdp_rest = fsdp / ep_fsdp``, ``dp_rest = dp /
+    ep_dp`` (the "expert data parallel" degree is fsdp_rest x dp_rest; DeepSpeed-MoE,
+    Rajbhandari et al. 2022 §4.1)."""
+    import math
+
+    ep, fsdp, dp = layout.ep, layout.fsdp, layout.dp
+    if ep == 1:
+        ep_f = 1
+    elif ep == fsdp:
+        ep_f = fsdp
+    elif ep == dp:
+        ep_f = 1
+    elif ep == dp * fsdp:
+        ep_f = fsdp
+    else:
+        ep_f = math.gcd(ep, fsdp)
+    ep_d = ep // ep_f
+    return {"ep_fsdp": ep_f, "ep_dp": ep_d, "fsdp_rest": layout.fsdp // ep_f, "dp_rest": layout.dp // ep_d}
+
+
+def routed_tokens(cfg: TransformerConfig, sequences, tokens):
+    """Token copies one device sends to the experts per MoE layer, for ``sequences`` local
+    sequences of ``tokens`` tokens: sequences x tokens x top-k when dropless; with a capacity
+    factor, every expert's slots in every sequence (a GShard group, `models.moe`: sequences x
+    n_experts x ``cfg.expert_capacity(tokens)``), filled or padded, as dense dispatch sends them."""
+    if cfg.capacity_factor is None:
+        return sequences * tokens * cfg.experts_per_token
+    if isinstance(tokens, int) and not cfg.relaxed:
+        return sequences * cfg.n_experts * cfg.expert_capacity(tokens)
+    return cfg.capacity_factor * sequences * tokens * cfg.experts_per_token
+
+
+def expert_collectives(cfg: TransformerConfig, lay: Layout, *, b, t, steps, train: bool, e: int, e_gather: int,
+                       e_grad: int, e_param: int, dtype: str, gather_dtype: str, grad_dtype: str,
+                       param_dtype: str, gather_in_backward: bool, grad_reduce: str) -> list[Collective]:
+    """The collectives of the routed experts of one step on one device (called by `collectives`).
+
+    Weights: the expert dimension is split over the ``ep`` group (`ep_groups`), the expert width
+    over ``tp``; the rest of the fsdp axis shards d_model as FSDP does (all-gathered before the
+    forward and, with ``gather_in_backward``, the backward use; gradients reduce-scattered), and
+    the rest of dp (with cp) holds replicas whose gradients are all-reduced (ZeRO-1: reduce-
+    scattered, the updated weights all-gathered). A device holds n_experts / ep experts of each
+    MoE layer (GShard, Lepikhin et al. 2020 §3.1; DeepSpeed-MoE §4.1).
+
+    Tokens: per MoE layer and micro-batch, the dispatch all-to-all sends each token's copies to
+    the devices holding its experts and the combine all-to-all brings the expert outputs back
+    (Lepikhin et al. 2020 §3.1, Fig. 3; Megatron-core's token dispatcher): 2 forward; their
+    transposes in the backward, 2 more. A recomputed layer (``remat="full"``) does not send
+    them again: the compiled step keeps the dispatched tokens (measured, XLA:TPU and XLA:GPU,
+    benchmarks/moe_collectives.py). The buffer is `routed_tokens` x d_model in the compute dtype; the tokens of
+    a device are b x seq_len / cp (/ tp with sequence parallelism).
+    """
+    g = ep_groups(lay)
+    out: list[Collective] = []
+    layers = _div(cfg.n_layers, lay.pp)
+    moe = layers - _dense_layers_here(cfg, layers)
+    d, ff = cfg.d_model, cfg.resolved_d_ff_expert
+    mats = 3 if cfg.gated else 2
+    experts = _div(cfg.n_experts, lay.ep)
+    ff_local = _div(ff, lay.tp) if lay.tp > 1 else ff
+    gathered = experts * d * ff_local  # one matrix on a device, d_model whole
+    local = gathered if g["fsdp_rest"] == 1 else experts * _div(d, g["fsdp_rest"]) * ff_local
+
+    def add(kind, axis, group, nbytes, count, component, phase, dt, purpose):
+        if group > 1:
+            out.append(Collective(kind, axis, group, nbytes, count, component, phase, dt, purpose))
+
+    rest_axes = tuple(a for a, k in (("dp", g["dp_rest"]), ("cp", lay.cp)) if k > 1)
+    rest = g["dp_rest"] * lay.cp
+    for _ in range(mats):
+        if g["fsdp_rest"] > 1:
+            for phase in ("forward", "backward") if train and gather_in_backward else ("forward",):
+                add("all-gather", "fsdp", g["fsdp_rest"], gathered * e_gather, moe * steps, "experts", phase,
+                    gather_dtype, "weights")
+        if not train:
+            continue
+        add(grad_reduce, "fsdp", g["fsdp_rest"], gathered * e_grad, moe * steps, "experts", "backward", grad_dtype,
+            "gradients")
+        if rest_axes:
+            axis = rest_axes[0] if len(rest_axes) == 1 else rest_axes
+            if lay.optimizer_sharding and g["dp_rest"] > 1:
+                if lay.cp > 1:
+                    add("all-reduce", "cp", lay.cp, local * e_grad, moe * steps, "experts", "backward", grad_dtype,
+                        "gradients")
+                add(grad_reduce, "dp", g["dp_rest"], local * e_grad, moe, "experts", "backward", grad_dtype,
+                    "gradients")
+                add("all-gather", "dp", g["dp_rest"], local * e_param, moe, "experts", "optimizer", param_dtype,
+                    "weights")
+            else:
+                add("all-reduce", axis, rest, local * e_grad, moe * steps, "experts", "backward", grad_dtype,
+                    "gradients")
+
+    tokens = _div(t, lay.tp) if lay.sequence_parallel and lay.tp > 1 else t
+    buf = routed_tokens(cfg, b, tokens) * d * e
+    n_fwd = moe * steps
+    add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_dispatch", "forward", dtype, "activations")
+    add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_combine", "forward", dtype, "activations")
+    if train:
+        add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_dispatch", "backward", dtype, "activations")
+        add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_combine", "backward", dtype, "activations")
     return out

@@ -622,3 +622,26 @@ def collective_bytes_per_axis(colls: list[HloCollective]) -> dict[str, int]:
     for c in colls:
         out[c.axis_name] = out.get(c.axis_name, 0) + c.total_bytes
     return out
+
+
+_ASYNC_ALL_TO_ALL = re.compile(r"= \(\((\w+)\[([\d,]*)\][^)]*\), \w+\[[\d,]*\]\S* all-to-all-start\(")
+
+
+def async_all_to_all_bytes(text: str) -> tuple[int, int]:
+    """(bytes, count) of the asynchronous all-to-alls XLA:GPU writes (``all-to-all-start`` /
+    ``-done`` pairs, tuple-shaped, which `parse_collectives` does not read): each start's
+    operand buffer, the tuple's first element. Straight-line modules only (no loop trip counts).
+
+    >>> async_all_to_all_bytes("%a = ((bf16[1,8,12,64]{3,2,1,0}), bf16[1,8,12,64]{3,2,1,0}) all-to-all-start(%x), "
+    ...                        "channel_id=8")
+    (12288, 1)
+    """
+    sizes = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "f8e4m3fn": 1, "f8e5m2": 1, "f64": 8}
+    total = count = 0
+    for dt, dims in _ASYNC_ALL_TO_ALL.findall(text):
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        total += n * sizes[dt]
+        count += 1
+    return total, count

@@ -162,6 +162,95 @@ def get_law(name_or_law: str | ScalingLaw, **overrides) -> ScalingLaw:
     return dataclasses.replace(law, **overrides) if overrides else law
 
 
+# --- mixture of experts (Krajewski et al. 2024) --------------------------------------------------
+
+MOE_LAW_FIELDS = ("a", "alpha", "b", "beta", "g", "gamma", "c")
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEScalingLaw:
+    """L(N, D, G) = c + (g / G**gamma + a) / N**alpha + b / D**beta (Krajewski et al. 2024,
+    "Scaling Laws for Fine-Grained Mixture of Experts", arXiv:2402.07871, §4, Eq. 5).
+
+    A mixture of experts with expansion rate E (``expansion``: the routed experts hold E times
+    the parameters of the dense MLP they replace) and granularity G (each expert is d_ff / G wide,
+    there are E x G of them and each token is routed to G, so a token touches as many MLP
+    parameters as in the dense model). N is the model's parameters without the embeddings, all
+    experts included (``params="non_embedding_total"``); D the training tokens; L nats per token
+    on C4 (their data set). The fit fixed E = 64 (every run of their §4 used expansion 64) and
+    varied G from 1 to 16 (their Fig. 3): at any other E the law is not defined (``loss`` takes
+    no E), and for models far larger than theirs (up to a few billion parameters) it is an
+    extrapolation, as every scaling law used for planning is.
+
+    Plain arithmetic: Python floats in, a Python float out; ``jnp`` arrays in, a differentiable
+    array out (G may be relaxed too). No check on the values.
+
+    >>> law = get_moe_law("krajewski")
+    >>> round(law.loss(1.07e9, 6.6e10, 1), 2), round(law.loss(1.07e9, 6.6e10, 8), 2)
+    (3.11, 2.98)
+    """
+
+    a: float
+    alpha: float
+    b: float
+    beta: float
+    g: float
+    gamma: float
+    c: float
+    expansion: int = 64
+    params: str = "non_embedding_total"
+
+    def __post_init__(self):
+        for name in MOE_LAW_FIELDS:
+            value = getattr(self, name)
+            try:
+                if isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0:
+                    raise TypeError
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"MoEScalingLaw: {name}={value!r} must be a real number") from None
+            if not (math.isfinite(number) and number > 0):
+                raise ValueError(f"MoEScalingLaw: {name}={value!r} must be positive and finite")
+            object.__setattr__(self, name, number)
+        if isinstance(self.expansion, bool) or not isinstance(self.expansion, int) or self.expansion < 1:
+            raise ValueError(f"MoEScalingLaw: expansion={self.expansion!r} must be a positive int")
+
+    def loss(self, N, D, G):
+        """Predicted loss of an MoE with ``N`` total non-embedding parameters, trained on ``D``
+        tokens, at granularity ``G`` (and the law's expansion rate)."""
+        return self.c + (self.g / G**self.gamma + self.a) / N**self.alpha + self.b / D**self.beta
+
+    def log_loss(self, log_n, log_d, G):
+        """`loss` from log N and log D (what the planner's search differentiates: no power of a
+        large float, so no underflow of the cotangents in float32)."""
+        return (self.c + (self.g * jnp.exp(-self.gamma * jnp.log(G)) + self.a) * jnp.exp(-self.alpha * log_n)
+                + self.b * jnp.exp(-self.beta * log_d))
+
+
+MOE_LAWS: dict[str, MoEScalingLaw] = {
+    # Krajewski et al. 2024, the fitted coefficients of Eq. 5 (§4, fit with a Huber loss on the
+    # log-loss of their C4 runs at expansion rate 64).
+    "krajewski": MoEScalingLaw(a=18.1, alpha=0.115, b=30.8, beta=0.147, g=2.1, gamma=0.58, c=0.47),
+}
+
+
+def get_moe_law(name_or_law: str | MoEScalingLaw) -> MoEScalingLaw:
+    """An MoE law by name (``MOE_LAWS``), or an `MoEScalingLaw` passed through.
+
+    >>> get_moe_law("clark")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown MoE scaling law 'clark'; valid names: krajewski
+    """
+    if isinstance(name_or_law, MoEScalingLaw):
+        return name_or_law
+    if isinstance(name_or_law, str):
+        law = MOE_LAWS.get(name_or_law.strip().lower())
+        if law is not None:
+            return law
+    raise ValueError(f"unknown MoE scaling law {name_or_law!r}; valid names: {', '.join(MOE_LAWS)}")
+
+
 # --- fitting (Hoffmann et al. 2022 approach 3) ------------------------------------------------
 
 # Starting points, columns (a, b, e, alpha, beta) with A = e^a, B = e^b, E = e^e.

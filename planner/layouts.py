@@ -32,7 +32,7 @@ from hardware.network import numbers, skeleton, with_numbers
 from planner.timing import REMAT_CODES, cluster_step
 
 _REMAT_NAMES = {v: k for k, v in REMAT_CODES.items()}
-_KEYS = ("tp", "pp", "dp", "fsdp", "cp", "v", "mb", "remat", "flash", "sp", "opt_shard")
+_KEYS = ("tp", "pp", "dp", "fsdp", "cp", "v", "mb", "remat", "flash", "sp", "opt_shard", "ep")
 
 
 class LayoutResult(NamedTuple):
@@ -93,10 +93,12 @@ def enumerate_layouts(cfg: TransformerConfig, *, chips: int, batch_size: int, se
         sps = [0, 1] if tp > 1 and seq_len % (cp * tp) == 0 else [0]
         opts = [0, 1] if dp > 1 else [0]
         mbs = _divisors(per_replica)
-        for v, sp, opt, mb in itertools.product(vs, sps, opts, mbs):
+        # expert parallelism (MoE only): every degree dividing both the data chips and the experts
+        eps = [e for e in _divisors(dp * fsdp) if cfg.n_experts % e == 0] if cfg.is_moe else [1]
+        for v, sp, opt, mb, ep in itertools.product(vs, sps, opts, mbs, eps):
             if pp > 1 and per_replica // mb < pp:  # fewer micro-batches than stages: mostly bubble
                 continue
-            rows.append((tp, pp, dp, fsdp, cp, v, mb, sp, opt))
+            rows.append((tp, pp, dp, fsdp, cp, v, mb, sp, opt, ep))
     if not rows:
         return {k: np.zeros(0, np.int32) for k in _KEYS}
     base = np.asarray(rows, np.int64)
@@ -104,7 +106,7 @@ def enumerate_layouts(cfg: TransformerConfig, *, chips: int, batch_size: int, se
     fl = [int(a == "flash") for a in attention]
     grid = np.array(list(itertools.product(range(len(base)), rc, fl)), np.int64)
     b = base[grid[:, 0]]
-    out = dict(zip(("tp", "pp", "dp", "fsdp", "cp", "v", "mb", "sp", "opt_shard"), b.T))
+    out = dict(zip(("tp", "pp", "dp", "fsdp", "cp", "v", "mb", "sp", "opt_shard", "ep"), b.T))
     out["remat"], out["flash"] = grid[:, 1], grid[:, 2]
     return out
 
@@ -124,9 +126,13 @@ def _evaluator(template, spec, net, act_bytes, param_bytes, master, fp8, tp_over
                  dp_overlap=dp_overlap, dropout=dropout)
         r = cluster_step(cfg, spec, net_, x, batch_size=batch_size, seq_len=seq_len)
         return (r.step_time, r.bubble_time, r.memory_per_chip, r.hardware_flops, r.model_flops,
-                jnp.stack([r.exposed[k] for k in ("tp", "cp", "fsdp", "dp", "pp")]))
+                jnp.stack([r.exposed[k] for k in _exposed_keys(template)]))
 
     return jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None)))
+
+
+def _exposed_keys(cfg) -> tuple[str, ...]:
+    return ("tp", "cp", "fsdp", "dp", "pp") + (("ep",) if cfg.is_moe else ())
 
 
 def evaluate(cfg, spec, net, arrays: dict, *, batch_size: int, seq_len: int, dtype: str = "bf16",
@@ -139,7 +145,7 @@ def evaluate(cfg, spec, net, arrays: dict, *, batch_size: int, seq_len: int, dty
                                              ("n_kv_heads", cfg.resolved_n_kv_heads),
                                              ("head_dim", cfg.resolved_head_dim))}
     # The compiled pass depends on the model's kind only: sizes are traced (a canonical template).
-    template = cfg.replace(vocab_size=2, d_model=2, n_layers=1, n_heads=1, d_ff=2, n_kv_heads=1, head_dim=2,
+    template = cfg.replace(vocab_size=2, d_model=2, n_layers=1 + cfg.dense_layers, n_heads=1, d_ff=2, n_kv_heads=1, head_dim=2,
                            seq_len=max(2, cfg.seq_len) if cfg.position == "learned" else 2)
     fn = _evaluator(template, spec, skeleton(net), _dtype_bytes("dtype", dtype), _dtype_bytes("param_dtype", param_dtype),
                     int(master_fp32), int(dtype == "fp8"), int(tp_overlap), int(dp_overlap), int(dropout))
@@ -218,9 +224,9 @@ def search_layouts(cfg: TransformerConfig, *, hardware, chips: int, batch_size: 
                      sequence_parallel=bool(arrays["sp"][i]), optimizer_sharding=bool(arrays["opt_shard"][i]),
                      remat=_REMAT_NAMES[int(arrays["remat"][i])],
                      attention="flash" if arrays["flash"][i] else "dot", dtype=dtype, param_dtype=param_dtype,
-                     master_fp32=master_fp32, tp_overlap=tp_overlap, dp_overlap=dp_overlap)
+                     master_fp32=master_fp32, tp_overlap=tp_overlap, dp_overlap=dp_overlap, ep=int(arrays["ep"][i]))
         t = float(step[i])
         best.append(LayoutResult(lay, t, batch_size * seq_len / t, float(model_flops[i]) / (t * chips * peak),
                                  float(hw_flops[i]) / (t * chips * peak), float(bubble[i]),
-                                 dict(zip(("tp", "cp", "fsdp", "dp", "pp"), map(float, exposed[i]))), float(mem[i])))
+                                 dict(zip(_exposed_keys(cfg), map(float, exposed[i]))), float(mem[i])))
     return LayoutSearch(best, n, int(ok.sum()))

@@ -11,7 +11,13 @@ the model predicts, so runs counted under different conventions compare alike:
   iteration (an extra forward for recomputation), TFLOP/s per GPU as printed in Table 1;
 - "megatron": the same without recomputation, 72 B s l h^2 (1 + s/6h + V/12lh) (NeMo's MFU);
 - "maxtext-2023": MaxText train.py at 76bd53b0, 6 N T + 6 L H Q T^2 per sequence (the PaLM
-  count with the attention term halved for the causal mask), MFU against 459 TFLOP/s (v5p).
+  count with the attention term halved for the causal mask), MFU against 459 TFLOP/s (v5p);
+- "gpu-hours": the paper prints GPU-hours for a number of training tokens (DeepSeek-V3,
+  arXiv:2412.19437 Table 1): seconds per step = GPU-hours x 3600 / chips / (tokens / tokens per
+  step).
+
+Mixture-of-experts runs (``model.is_moe``) are reported beside the dense ones; the step model's
+accuracy targets (tests/test_published.py) are the dense runs'.
 
 `FIT_RUNS` names the runs the step model's fitted constants were fitted on; every other run
 is held out (`compare` reports both).
@@ -28,7 +34,7 @@ from models.config import TransformerConfig
 from models.layout import Layout
 from planner.flops import count_flops
 
-CONVENTIONS = ("step time", "megatron-recompute", "megatron", "maxtext-2023")
+CONVENTIONS = ("step time", "megatron-recompute", "megatron", "maxtext-2023", "gpu-hours")
 
 #: Runs the fitted constants of `planner.timing` (matmul efficiency, elementwise efficiency)
 #: were fitted on: one per source family and chip, small and large. The rest are held out.
@@ -62,6 +68,7 @@ class PublishedRun(NamedTuple):
     assumed: tuple[str, ...]
     evidence: tuple[str, ...]
     dropout: bool = False  # trained with dropout (Megatron's GPT runs)
+    uneven_stages: bool = False  # pipeline stages of different depths (pp does not divide the layers)
 
     @property
     def paper_flops(self) -> float | None:
@@ -74,6 +81,9 @@ class PublishedRun(NamedTuple):
         m = self.measured
         if "step_time_s" in m:
             return float(m["step_time_s"])
+        if "gpu_hours" in m:
+            steps = m["tokens"] / (self.batch_size * self.seq_len)
+            return float(m["gpu_hours"]) * 3600 / self.chips / steps
         rate = m["tflops_per_chip"] * 1e12 if "tflops_per_chip" in m else m["mfu"] * self.peak_tflops * 1e12
         return float(self.paper_flops) / (self.chips * rate)
 
@@ -92,7 +102,7 @@ class PublishedRun(NamedTuple):
 
 def paper_flops(cfg: TransformerConfig, batch_size: int, seq_len: int, convention: str) -> float | None:
     """One step's FLOPs as the paper counted them (see the module docstring)."""
-    if convention == "step time":
+    if convention in ("step time", "gpu-hours"):
         return None
     if convention in ("megatron-recompute", "megatron"):
         return float(count_flops(cfg, batch_size=batch_size, seq_len=seq_len, mode="train",
@@ -106,13 +116,14 @@ def paper_flops(cfg: TransformerConfig, batch_size: int, seq_len: int, conventio
 def _run(raw: dict) -> PublishedRun:
     model = TransformerConfig(**raw["model"])
     layout = Layout(**raw["layout"])
-    layout.check(model, batch_size=raw["batch_size"], seq_len=raw["seq_len"])
+    uneven = bool(raw.get("uneven_stages", False))
+    layout.check(model, batch_size=raw["batch_size"], seq_len=raw["seq_len"], uneven_stages=uneven)
     if layout.chips != raw["chips"]:
         raise ValueError(f"published run {raw['name']}: layout has {layout.chips} chips, run has {raw['chips']}")
     return PublishedRun(raw["name"], raw["title"], raw["source"], raw["hardware"], raw["chips"], raw["slices"],
                         model, layout, raw["batch_size"], raw["seq_len"], dict(raw["measured"]),
                         raw["flop_convention"], float(raw["peak_tflops"]), tuple(raw["assumed"]),
-                        tuple(raw.get("evidence", ())), bool(raw.get("dropout", False)))
+                        tuple(raw.get("evidence", ())), bool(raw.get("dropout", False)), uneven)
 
 
 @functools.cache
@@ -152,7 +163,7 @@ def compare(runs=None) -> list[Comparison]:
     out = []
     for r in runs or published_runs():
         p = roofline(r.model, hardware=r.hardware, layout=r.layout, batch_size=r.batch_size, seq_len=r.seq_len,
-                     slices=r.slices, dropout=r.dropout)
+                     slices=r.slices, dropout=r.dropout, uneven_stages=r.uneven_stages)
         pred = float(p.step_time)
         out.append(Comparison(r.name, r.step_time, pred, pred / r.step_time - 1, r.fit, r.hardware, r.chips))
     return out

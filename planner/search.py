@@ -99,6 +99,7 @@ class Plan(NamedTuple):
     layout: Any = None  # hardware budgets: the chosen models.Layout (mesh, remat policy, micro-batch)
     memory: Any = None  # hardware budgets: its planner.memory.MemoryEstimate (breakdown per chip)
     layout_result: Any = None  # hardware budgets searched by planner.layouts: the best LayoutResult
+    moe: dict | None = None  # plan(moe=True): the experts chosen, total and active parameters, per-G losses
 
 
 def inference_aware(law: ScalingLaw, target_loss: float, inference_tokens: float, *,
@@ -165,6 +166,7 @@ class _Setup(NamedTuple):
     chips: int
     dtype: str
     mfu: float | None
+    moe: tuple[int, int] | None = None  # (expansion E, granularity G) of a mixture-of-experts search
 
 
 def _shape(s: _Setup, x, batch_size):
@@ -185,9 +187,90 @@ def _log_loss(law: ScalingLaw, log_n, log_d):
 
 
 def _law_params(s: _Setup, cfg):
-    """N as the law counts it: all parameters or the non-embedding ones."""
+    """N as the law counts it: all parameters or the non-embedding ones (for the MoE law, the
+    non-embedding parameters with every expert)."""
+    if s.moe is not None and not cfg.is_moe:  # the relaxation: the dense shape plus its experts
+        return count_params(cfg).non_embedding + _moe_extra(s, cfg)[0]
     pc = count_params(cfg)
     return pc.total if s.law.params == "total" else pc.non_embedding
+
+
+def _moe_extra(s: _Setup, cfg):
+    """(parameters, training FLOPs per token) an MoE of the law's family adds to its dense
+    shape: E x G experts of width d_ff / G replace each MLP, G routed per token (Krajewski et
+    al. 2024 §3), so a token's MLP FLOPs are unchanged; the experts add (E - 1) MLPs of
+    parameters per layer and the router a d_model x (E G) matrix, 2 FLOPs per weight per token
+    forward, 4 backward. The relaxation's form; rounded shapes are counted exactly
+    (`count_params`, `count_flops` of the MoE config)."""
+    expansion, g = s.moe
+    mats = 3 if cfg.gated else 2
+    mlp = mats * cfg.d_model * cfg.d_ff
+    router = cfg.d_model * expansion * g
+    return cfg.n_layers * ((expansion - 1) * mlp + router), 6 * cfg.n_layers * router
+
+
+def dense_base(cfg: TransformerConfig) -> TransformerConfig:
+    """The dense counterpart of a mixture-of-experts base (a dense config unchanged): the same
+    model with one MLP per layer, the wider of the config's dense MLP (d_ff) and the MLP a token
+    uses, top-k x d_ff_expert plus the shared experts (OLMoE-1B-7B: 8 x 1024 = 8192; DeepSeek-V3:
+    both 18432). The planner searches dense shapes on it; ``plan(moe=True)`` puts experts back
+    on them (`moe_shape`)."""
+    if not cfg.is_moe:
+        return cfg
+    from planner.timing import dense_fields
+
+    width = cfg.experts_per_token * cfg.resolved_d_ff_expert + cfg.n_shared_experts * cfg.resolved_d_ff_shared
+    return cfg.replace(**dense_fields(), d_ff=max(cfg.d_ff, width))
+
+
+def moe_shape(cfg: TransformerConfig, granularity: int, expansion: int = 64, *, multiple: int = 32
+              ) -> TransformerConfig:
+    """The mixture of experts of Krajewski et al. 2024's family on a dense shape: every MLP
+    replaced by ``expansion x granularity`` experts of width d_ff / granularity (rounded to
+    ``multiple``), ``granularity`` of them routed per token (softmax router, dropless).
+
+    >>> from models import presets
+    >>> m = moe_shape(presets.get("gpt2"), 4)
+    >>> m.n_experts, m.experts_per_token, m.d_ff_expert
+    (256, 4, 768)
+    """
+    width = max(multiple, multiple * round(cfg.d_ff / granularity / multiple))
+    return cfg.replace(n_experts=expansion * granularity, experts_per_token=granularity, d_ff_expert=width)
+
+
+def moe_counts(cfg: TransformerConfig, *, batch_size: int, convention: str = "xla") -> dict:
+    """Exact counts of an MoE of `moe_shape`'s family (every layer routed, no shared experts,
+    softmax router, no biases) from dense counts: its routed experts hold as many parameters as
+    a dense MLP of width n_experts x d_ff_expert, a token's experts compute as a dense MLP of
+    width top-k x d_ff_expert, and the router adds a d_model x n_experts matrix per layer
+    (2 FLOPs per weight per token forward, 4 backward). Keys: ``non_embedding`` and ``total``
+    (all experts), ``active`` (what a token touches), ``step_flops`` (one training step under
+    ``convention``). Exact ints from ints."""
+    if not cfg.is_moe or cfg.n_shared_experts or cfg.dense_layers or cfg.attention_kind != "mha":
+        raise ValueError("moe_counts: a config of moe_shape's family (routed experts in every layer, no shared "
+                         "experts, standard attention)")
+    w, n, k = cfg.resolved_d_ff_expert, cfg.n_experts, cfg.experts_per_token
+    from planner.timing import dense_fields
+
+    plain = dense_fields()
+    router = cfg.n_layers * cfg.d_model * n
+    every = count_params(cfg.replace(**plain, d_ff=n * w))
+    touched = count_params(cfg.replace(**plain, d_ff=k * w))
+    flops = count_flops(cfg.replace(**plain, d_ff=k * w), batch_size=batch_size, seq_len=cfg.seq_len, mode="train",
+                        convention=convention).total
+    return {"non_embedding": every.non_embedding + router, "total": every.total + router,
+            "active": touched.total + router, "step_flops": flops + 6 * router * batch_size * cfg.seq_len}
+
+
+def granularity_of(cfg: TransformerConfig) -> int:
+    """G of an MoE config in the law's sense: the experts each token is routed to."""
+    return cfg.experts_per_token
+
+
+def _predict(s: _Setup, n, tokens, cfg) -> float:
+    if s.moe is not None:
+        return float(s.law.loss(float(n), float(tokens), float(granularity_of(cfg))))
+    return float(s.law.loss(float(n), float(tokens)))
 
 
 def _hw_step(s: _Setup, cfg, batch_size, layout=None):
@@ -238,10 +321,14 @@ def _tokens_and_loss(s: _Setup, cfg, log_budget, batch_size):
     t = cfg.seq_len
     if s.hw is None:
         step_cost = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention=s.convention).total
+        if s.moe is not None:
+            step_cost = step_cost + _moe_extra(s, cfg)[1] * batch_size * t
     else:
         step_cost = _hw_step(s, cfg, batch_size)[0]
     log_n = jnp.log(_law_params(s, cfg))
     log_d = log_budget - jnp.log(step_cost) + jnp.log(batch_size * t)
+    if s.moe is not None:
+        return log_n, log_d, s.law.log_loss(log_n, log_d, jnp.float32(s.moe[1]))
     return log_n, log_d, _log_loss(s.law, log_n, log_d)
 
 
@@ -394,8 +481,12 @@ def _fitting_layout(cfg: TransformerConfig, batch_size: int, layout: Layout, max
 def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, max_memory, layout=None):
     """Exact evaluation of one shape: whole steps within the budget, integer FLOPs."""
     t = cfg.seq_len
-    n = _law_params(s, cfg)
-    step_flops = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention=s.convention).total
+    if s.moe is not None:
+        mc = moe_counts(cfg, batch_size=batch_size, convention=s.convention)
+        n, step_flops = mc["non_embedding"], mc["step_flops"]
+    else:
+        n = _law_params(s, cfg)
+        step_flops = count_flops(cfg, batch_size=batch_size, seq_len=t, mode="train", convention=s.convention).total
     out = {"n": n, "step_flops": step_flops, "step_time": None, "mfu": None, "memory": None, "micro_batch": None}
     if s.hw is None:
         steps = int(budget // step_flops) if isinstance(step_flops, int) else int(math.floor(budget / float(step_flops)))
@@ -432,7 +523,7 @@ def _exact(s: _Setup, cfg: TransformerConfig, budget: float, batch_size: int, ma
         return None
     tokens = steps * batch_size * t
     out.update(steps=steps, tokens=tokens, flops=steps * step_flops,
-               loss=float(s.law.loss(float(n), float(tokens))), cfg=cfg)
+               loss=_predict(s, n, tokens, cfg), cfg=cfg)
     return out
 
 
@@ -545,6 +636,7 @@ def _setup(*, law, base, convention, hardware, chips, days, mfu, dtype, head_dim
         base = presets.get(base)
     elif not isinstance(base, TransformerConfig):
         raise ValueError(f"base={base!r}: give a TransformerConfig or a preset name ({', '.join(presets.names())})")
+    base = dense_base(base)
     if not isinstance(convention, str) or convention not in CONVENTIONS or convention == "megatron-recompute":
         valid = [c for c in CONVENTIONS if c != "megatron-recompute"]
         raise ValueError(f"convention={convention!r}: unknown for planning; valid: {', '.join(valid)}")
@@ -638,7 +730,8 @@ def plan(budget_flops: float | None = None, *, law="chinchilla", base=None, conv
          mlp_ratio: float | None = None, aspect_ratio: tuple[float, float] | None = DEFAULT_ASPECT,
          n_layers: int | None = None, d_model: int | None = None, max_memory_per_chip: float | None = None,
          inference_tokens: float | None = None, steps: int = 300, learning_rate: float = 0.05,
-         layout: Layout | None = None) -> Plan:
+         layout: Layout | None = None, moe: bool = False, granularities=None,
+         param_dtype: str = "bf16") -> Plan:
     """The shape that spends a compute budget for the lowest predicted loss.
 
     Args:
@@ -664,6 +757,15 @@ def plan(budget_flops: float | None = None, *, law="chinchilla", base=None, conv
         default `default_layout` (FSDP over the chips, flash attention). Its remat policy and
         micro-batch are searched when left at "none" / None: the plan takes the cheapest that
         fits (`REMAT_ORDER`, then the largest micro-batch) and reports it in ``Plan.layout``.
+      moe: plan a mixture of experts under an MoE law (``law`` then names one of
+        `planner.laws.MOE_LAWS`, default "krajewski"): the dense shape is searched as above for
+        every granularity G in ``granularities`` (default `MOE_GRANULARITIES`) at the law's
+        expansion rate E (E x G experts of width d_ff / G, top-G; `moe_shape`), FLOPs per token
+        from the active parameters, N from all of them; the lowest predicted loss wins.
+        ``Plan.moe`` reports the experts, total and active parameters, and the memory of the
+        experts' weights, gradients and AdamW state (``param_dtype`` weights and gradients,
+        fp32 moments and master copy) in all and per chip when a ``chips`` count is given.
+        FLOP budgets only.
 
     Raises:
       ValueError: invalid arguments; a budget below the smallest allowed shape's one step (the
@@ -672,6 +774,19 @@ def plan(budget_flops: float | None = None, *, law="chinchilla", base=None, conv
     if budget_flops is not None and hardware is not None and chips is not None and days is not None:
         raise ValueError(f"budget_flops={budget_flops!r} and a hardware budget (hardware={hardware!r}, chips={chips!r}, "
                          f"days={days!r}): give one budget, not both")
+    if not isinstance(moe, bool):
+        raise ValueError(f"moe={moe!r}: must be True or False")
+    if moe:
+        return _plan_moe(budget_flops, law=law, base=base, convention=convention, hardware=hardware, chips=chips,
+                         days=days, granularities=granularities, param_dtype=param_dtype,
+                         inference_tokens=inference_tokens, layout=layout, mfu=mfu,
+                         kw=dict(dtype=dtype, batch_tokens=batch_tokens, head_dims=head_dims, head_dim=head_dim,
+                                 d_model_multiple=d_model_multiple, d_ff_multiple=d_ff_multiple,
+                                 free_mlp_ratio=free_mlp_ratio, mlp_ratio=mlp_ratio, aspect_ratio=aspect_ratio,
+                                 n_layers=n_layers, d_model=d_model, max_memory_per_chip=max_memory_per_chip,
+                                 steps=steps, learning_rate=learning_rate))
+    if granularities is not None:
+        raise ValueError(f"granularities={granularities!r}: applies with moe=True")
     return frontier([budget_flops], law=law, base=base, convention=convention, hardware=hardware, chips=chips,
                     days=days, mfu=mfu, dtype=dtype, batch_tokens=batch_tokens, head_dims=head_dims,
                     head_dim=head_dim, d_model_multiple=d_model_multiple, d_ff_multiple=d_ff_multiple,
@@ -687,13 +802,18 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
              d_model_multiple: int = 128, d_ff_multiple: int = 128, free_mlp_ratio: bool = False,
              mlp_ratio: float | None = None, aspect_ratio=DEFAULT_ASPECT, n_layers=None, d_model=None,
              max_memory_per_chip=None, inference_tokens: float | None = None, steps: int = 300,
-             learning_rate: float = 0.05, layout: Layout | None = None) -> list[Plan]:
+             learning_rate: float = 0.05, layout: Layout | None = None, _moe=None) -> list[Plan]:
     """`plan` for many budgets at once: one vectorised continuous search (vmap over budgets),
     then the exact rounding of each. With a hardware budget, ``budgets`` are ignored (pass
     [None]) and ``days`` may be a list instead."""
-    s, seconds = _setup(law=law, base=base, convention=convention, hardware=hardware, chips=chips, days=days,
+    s, seconds = _setup(law=law if _moe is None else "chinchilla", base=base, convention=convention,
+                        hardware=hardware, chips=chips, days=days,
                         mfu=mfu, dtype=dtype, head_dim=head_dim, free_mlp_ratio=free_mlp_ratio,
                         mlp_ratio=mlp_ratio, aspect_ratio=aspect_ratio, n_layers=n_layers, d_model=d_model)
+    if _moe is not None:
+        from planner.laws import get_moe_law
+
+        s = s._replace(law=get_moe_law(law), moe=_moe)
     if isinstance(head_dims, str) or not hasattr(head_dims, "__iter__") or not head_dims \
             or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 or h % 2 for h in head_dims):
         raise ValueError(f"head_dims={head_dims!r}: give positive even ints, e.g. (64, 128)")
@@ -772,6 +892,8 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
         n_c, d_tok = math.exp(float(log_n)), math.exp(float(log_d))
         cands = _candidates(s, d_c, l_c, r_c, multiple=d_model_multiple, head_dims=head_dims,
                             ff_multiple=d_ff_multiple)
+        if s.moe is not None:
+            cands = [moe_shape(c, s.moe[1], s.moe[0]) for c in cands]
         if not cands:
             raise ValueError("no shape satisfies the constraints (aspect_ratio, n_layers, d_model, head_dims) "
                              f"near the optimum d_model={d_c:.0f}, n_layers={l_c:.1f}")
@@ -802,3 +924,80 @@ def frontier(budgets, *, law="chinchilla", base=None, convention: str = "xla", h
             layout=best.get("layout"), memory=best.get("memory_estimate"), layout_result=best.get("layout_result"),
         ))
     return plans
+
+
+#: Granularities `plan(moe=True)` tries: the range Krajewski et al. 2024 fit (Fig. 3: G = 1 to 16).
+#: The law is smooth in G, but a shape needs a whole number of experts per token, and
+#: routing cost and expert width make the rounded candidates differ, so G is searched as this
+#: discrete set (one continuous search over the dense shape per G), not relaxed.
+MOE_GRANULARITIES = (1, 2, 4, 8, 16)
+
+
+def expert_memory(cfg: TransformerConfig, *, param_dtype: str = "bf16", chips: int | None = None,
+                  ep: int | None = None) -> dict:
+    """Bytes the routed experts need for training: their weights and gradients in
+    ``param_dtype``, AdamW's two fp32 moments and an fp32 master copy (16 bytes per parameter
+    with bf16 weights; Rajbhandari et al. 2020 §3.1). In all, and per chip when sharded over
+    ``ep`` chips (default: ``chips``; expert weights split over the expert-parallel group)."""
+    from planner.memory import DTYPE_BYTES
+
+    mats = 3 if cfg.gated else 2
+    experts = cfg.moe_layers * cfg.n_experts * mats * cfg.d_model * cfg.resolved_d_ff_expert
+    pb = DTYPE_BYTES[param_dtype]
+    per_param = 2 * pb + 8 + (4 if pb < 4 else 0)
+    out = {"expert_params": experts, "bytes_per_param": per_param, "total_bytes": experts * per_param}
+    group = ep if ep is not None else chips
+    if group is not None:
+        out.update(ep=group, bytes_per_chip=experts * per_param / group)
+    return out
+
+
+def _plan_moe(budget_flops, *, law, base, convention, hardware, chips, days, granularities, param_dtype,
+              inference_tokens, layout, mfu, kw) -> Plan:
+    """`plan(moe=True)`: the dense-shape search once per granularity, the lowest loss kept."""
+    from planner.laws import MoEScalingLaw, get_moe_law
+    from planner.memory import DTYPE_BYTES
+
+    if days is not None or mfu is not None or layout is not None:
+        raise ValueError("moe=True plans a FLOP budget (budget_flops=); hardware budgets (days=, mfu=, layout=) with "
+                         "a mixture of experts are not implemented. Give hardware= and chips= to size the experts' "
+                         "memory on that target")
+    if budget_flops is None:
+        raise ValueError("moe=True needs budget_flops= (training FLOPs to spend, e.g. 1e23)")
+    spec = None
+    if hardware is not None:
+        import hardware as hw
+
+        spec = hw.resolve(hardware)
+        if chips is None:
+            raise ValueError(f"hardware={hardware!r}: give chips= too (the expert-parallel chips the experts are "
+                             "spread over)")
+    if inference_tokens is not None:
+        raise ValueError("inference_tokens= applies to dense plans (the inference-aware plan uses a dense law)")
+    if chips is not None and (isinstance(chips, bool) or not isinstance(chips, int) or chips < 1):
+        raise ValueError(f"chips={chips!r}: must be a positive int")
+    if not isinstance(param_dtype, str) or param_dtype not in DTYPE_BYTES:
+        raise ValueError(f"param_dtype={param_dtype!r}: unknown; valid: {', '.join(DTYPE_BYTES)}")
+    law = get_moe_law("krajewski" if law in (None, "chinchilla") else law)
+    if isinstance(law, MoEScalingLaw) is False:  # pragma: no cover - get_moe_law returns one
+        raise ValueError(f"law={law!r}: not an MoE law")
+    gs = MOE_GRANULARITIES if granularities is None else granularities
+    if isinstance(gs, str) or not hasattr(gs, "__iter__") or not list(gs) or any(
+            isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= 64 for g in gs):
+        raise ValueError(f"granularities={granularities!r}: give ints in [1, 64], e.g. (1, 2, 4, 8, 16)")
+    plans = {g: frontier([budget_flops], law=law, base=base, convention=convention, _moe=(law.expansion, g),
+                         **kw)[0] for g in gs}
+    g_best = min(plans, key=lambda g: (plans[g].loss, g))
+    best = plans[g_best]
+    cfg = best.config
+    pc = moe_counts(cfg, batch_size=best.batch_size, convention=best.convention)
+    info = {"law": dataclasses.asdict(law), "granularity": g_best, "expansion": law.expansion,
+            "n_experts": cfg.n_experts, "experts_per_token": cfg.experts_per_token, "d_ff_expert": cfg.d_ff_expert,
+            "total_params": pc["total"], "active_params": pc["active"], "non_embedding_total": pc["non_embedding"],
+            "loss_by_granularity": {g: p.loss for g, p in plans.items()},
+            "memory": expert_memory(cfg, param_dtype=param_dtype, chips=chips)}
+    if spec is not None:
+        per_chip = info["memory"]["bytes_per_chip"]
+        info["memory"].update(target=spec.name, hbm_bytes=spec.hbm_bytes, hbm_fraction=per_chip / spec.hbm_bytes,
+                              fits=per_chip <= spec.hbm_bytes)
+    return best._replace(moe=info)

@@ -132,7 +132,8 @@ def _link_bandwidth(spec, chips):
 
 def roofline(cfg: TransformerConfig, *, hardware, chips=None, batch_size=1, seq_len=None,
              dtype: str | None = None, mode: str = "train", param_dtype: str | None = None,
-             layout: Layout | None = None, slices: int = 1, dropout: bool = False) -> StepTime:
+             layout: Layout | None = None, slices: int = 1, dropout: bool = False,
+             uneven_stages: bool = False) -> StepTime:
     """Roofline time of one step of ``models.Transformer(cfg)`` on ``chips`` chips of ``hardware``.
 
     Args:
@@ -148,6 +149,8 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=None, batch_size=1, seq_
       slices: TPU slices the chips span (DCN between them); see `hardware.network.network`.
       dropout: with a layout, count the HBM traffic of dropout masks (the model itself has no
         dropout; the published Megatron runs trained with it).
+      uneven_stages: with a layout, let pp x virtual_stages not divide the layers (DeepSeek-V3's
+        61 layers on 16 stages): the step model then takes the average stage, n_layers / pp.
 
     Without a layout: FLOPs per component are the "xla" convention's (what the program
     executes); bytes per component are `component_bytes`. ``mfu`` counts model FLOPs, ``hfu``
@@ -159,9 +162,11 @@ def roofline(cfg: TransformerConfig, *, hardware, chips=None, batch_size=1, seq_
     spec = hw.resolve(hardware)
     if layout is not None:
         return _layout_roofline(cfg, spec, layout, chips=chips, batch_size=batch_size, seq_len=seq_len,
-                                dtype=dtype, mode=mode, param_dtype=param_dtype, slices=slices, dropout=dropout)
-    if slices != 1 or dropout:
-        raise ValueError(f"slices={slices!r}, dropout={dropout!r}: apply with a layout= only")
+                                dtype=dtype, mode=mode, param_dtype=param_dtype, slices=slices, dropout=dropout,
+                                uneven_stages=uneven_stages)
+    if slices != 1 or dropout or uneven_stages:
+        raise ValueError(f"slices={slices!r}, dropout={dropout!r}, uneven_stages={uneven_stages!r}: apply with a "
+                         "layout= only")
     chips = 1 if chips is None else chips
     dtype = "bf16" if dtype is None else dtype
     param_dtype = "fp32" if param_dtype is None else param_dtype
@@ -248,7 +253,28 @@ def _family(spec) -> str:
 
 def _matmul_time(m: Matmul, peak, k_half):
     k = jnp.minimum(jnp.minimum(m.m, m.n), m.p)
-    return 2 * m.m * m.n * m.p * m.count / (peak * k / (k + k_half))
+    # an absent projection (MLA has no plain q/k/v: p = 0) takes no time
+    return jnp.where(k > 0, 2 * m.m * m.n * m.p * m.count / (peak * jnp.maximum(k, 1e-30) / (k + k_half)), 0.0)
+
+
+def dense_fields() -> dict:
+    """The expert fields of `TransformerConfig` at their defaults (a dense MLP in every layer)."""
+    names = ("n_experts", "experts_per_token", "n_shared_experts", "d_ff_expert", "d_ff_shared", "dense_layers",
+             "router", "capacity_factor", "aux_loss_coef")
+    return {f.name: f.default for f in dataclasses.fields(TransformerConfig) if f.name in names}
+
+
+def _stage_matmuls(cfg, local, mb, s_loc):
+    """[(weight, forward matmuls)] of one pipeline stage's layers. A dense model, or an MoE with
+    every layer routed: the stage itself. An MoE whose first ``dense_layers`` are dense: its
+    n_layers / pp layers taken as that share dense and the rest routed (the average stage; a
+    config's dense_layers is a whole number, the stage's share need not be)."""
+    if not cfg.is_moe or not cfg.dense_layers:
+        return [(1.0, forward_matmuls(local, mb, s_loc))]
+    f = cfg.dense_layers / cfg.n_layers
+    routed = local.replace(dense_layers=0)
+    dense = local.replace(**dense_fields())
+    return [(1.0 - f, forward_matmuls(routed, mb, s_loc)), (f, forward_matmuls(dense, mb, s_loc))]
 
 
 def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_len) -> ClusterStep:
@@ -302,12 +328,12 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
                                 d_ff=cfg.d_ff / tp, n_layers=cfg.n_layers / pp, vocab_size=cfg.vocab_size / tp,
                                 d_model=jnp.float32(cfg.d_model), seq_len=jnp.float32(seq_len))
     s_loc = seq_len / cp
-    fwd = forward_matmuls(local, mb, s_loc)
     attn_scale = cp * jnp.where(flash, 0.5, 1.0)  # keys of the whole sequence; causal blocks skipped
     t_mm = {}
-    for name, m in fwd.items():
-        t = _matmul_time(m, peak * eff, MATMUL_HALF_DIM)
-        t_mm[name] = t * attn_scale if name in _ATTN else t
+    for weight, fwd in _stage_matmuls(cfg, local, mb, s_loc):
+        for name, m in fwd.items():
+            t = weight * _matmul_time(m, peak * eff, MATMUL_HALF_DIM)
+            t_mm[name] = t_mm.get(name, 0.0) + (t * attn_scale if name in _ATTN else t)
     by_f = component_bytes(local, mb, s_loc, mode="forward", act_bytes=act)
     by_b = component_bytes(local, mb, s_loc, mode="backward", act_bytes=act)
     shard = jnp.where(sp, tp, 1.0)
@@ -352,6 +378,15 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     p_layer = _layer_params(cfg) / tp
     ag = collective_time(net, "all_gather", p_layer * act, fsdp, st["fsdp"])
     rs = collective_time(net, "reduce_scatter", p_layer * pbytes, fsdp, st["fsdp"])
+    if cfg.is_moe:  # a chip gathers only its n_experts / ep experts, over what ep leaves of fsdp
+        ep_, fsdp_rest_ = _expert_split(x)
+        p_exp = _expert_params(cfg) / cfg.n_layers / tp
+        p_layer = p_layer - p_exp
+        p_exp_chip = p_exp / ep_
+        ag = (collective_time(net, "all_gather", p_layer * act, fsdp, st["fsdp"])
+              + collective_time(net, "all_gather", p_exp_chip * act, fsdp_rest_, st["fsdp"]))
+        rs = (collective_time(net, "reduce_scatter", p_layer * pbytes, fsdp, st["fsdp"])
+              + collective_time(net, "reduce_scatter", p_exp_chip * pbytes, fsdp_rest_, st["fsdp"]))
     layer_f, layer_b = t_f / layers, (t_b + t_re) / layers
     exp_fsdp = layers * (jnp.maximum(0.0, ag - layer_f) + jnp.maximum(0.0, ag + rs - layer_b))
     # Each tensor-parallel rank sends its 1/tp slice over its own NIC (the scatter/gather
@@ -361,11 +396,23 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     exp_pp = jnp.where(pp > 1, 2 * v * send, 0.0)
     per_replica = batch_size / (dp * fsdp)
     m = per_replica / mb
-    t_mb = compute_mb + exp_tp + exp_cp + exp_fsdp + exp_pp
+    exp_ep, wire_ep = 0.0, 0.0
+    if cfg.is_moe:
+        exp_ep, wire_ep = _expert_parallel(cfg, net, x, st, mb=mb, s_loc=s_loc, layers=layers,
+                                           layer_time=(t_f + t_b + t_re) / layers, act=act)
+    t_mb = compute_mb + exp_tp + exp_cp + exp_fsdp + exp_pp + exp_ep
     bubble = (pp - 1) / v * t_mb
     n_params = _num(count_params(promote(cfg)).total)
     p_chip = n_params / (tp * pp * fsdp)
     t_dp = collective_time(net, "all_reduce", p_chip * pbytes, dp, st["dp"])
+    if cfg.is_moe:  # the routed experts: over ep (and the rest of fsdp), reduced over the rest of dp
+        ep, fsdp_rest = _expert_split(x)
+        experts = _expert_params(cfg)
+        dp_rest = dp * fsdp / (ep * fsdp_rest)
+        p_experts = experts / (tp * pp * ep * fsdp_rest)
+        p_chip = (n_params - experts) / (tp * pp * fsdp) + p_experts
+        t_dp = (collective_time(net, "all_reduce", (p_chip - p_experts) * pbytes, dp, st["dp"])
+                + collective_time(net, "all_reduce", p_experts * pbytes, dp_rest, st["dp"]))
     exp_dp = jnp.where(x.get("dp_overlap", 0), jnp.maximum(0.0, t_dp - t_b), t_dp)
     opt_share = jnp.where(x["opt_shard"], dp, 1.0)
     master = x["master"]
@@ -380,13 +427,54 @@ def cluster_step(cfg: TransformerConfig, spec, net, x: dict, *, batch_size, seq_
     hw_flops = model + recompute + jnp.where(flash, attn_fwd, 0.0)
     mem = _memory_per_chip(cfg, local, x, mb, s_loc, p_chip, opt_share, m)
     exposed = {"tp": m * exp_tp, "cp": m * exp_cp, "fsdp": m * exp_fsdp, "dp": exp_dp, "pp": m * exp_pp}
+    if cfg.is_moe:
+        exposed["ep"] = m * exp_ep
     ring = lambda g: (g - 1) / g  # noqa: E731
     wire = {"tp": m * layers * n_ar * 2 * ring(tp) * tokens * cfg.d_model * act,
             "cp": m * layers * 3 * ring(cp) * kv_bytes * cp,
-            "fsdp": m * layers * ring(fsdp) * p_layer * (2 * act + pbytes),
+            "fsdp": m * layers * ring(fsdp) * p_layer * (2 * act + pbytes)
+            + (m * layers * ring(fsdp_rest_) * p_exp_chip * (2 * act + pbytes) if cfg.is_moe else 0.0),
             "dp": 2 * ring(dp) * p_chip * pbytes,
             "pp": jnp.where(pp > 1, m * 2 * v * tokens * cfg.d_model * act / tp, 0.0)}
+    if cfg.is_moe:
+        wire["ep"] = m * wire_ep
     return ClusterStep(step, m * compute_mb, bubble, exposed, t_opt, model, hw_flops, mem, m, wire)
+
+
+def _expert_params(cfg):
+    """Parameters of the routed experts (all MoE layers), a float for array arithmetic."""
+    return _num(cfg.moe_layers * cfg.n_experts * (3 if cfg.gated else 2) * cfg.d_model * cfg.resolved_d_ff_expert)
+
+
+def _expert_split(x):
+    """(ep, fsdp_rest): the expert-parallel degree and what it leaves of fsdp to shard d_model,
+    as `planner.collectives.ep_groups` places the experts (the whole fsdp axis, or the whole dp
+    axis with d_model then over fsdp, or both; `models.sharding.expert_axes`)."""
+    ep, fsdp, dp = (jnp.asarray(x.get(k, 1), jnp.float32) for k in ("ep", "fsdp", "dp"))
+    return ep, jnp.where(ep == fsdp, 1.0, jnp.where(ep == dp, fsdp, jnp.maximum(1.0, fsdp / ep)))
+
+
+def _expert_parallel(cfg, net, x, st, *, mb, s_loc, layers, layer_time, act):
+    """(exposed seconds, bytes sent) of one micro-batch's expert all-to-alls on one chip.
+
+    Per MoE layer: dispatch and combine forward, their transposes backward, 4 (a recomputed
+    layer does not send them again; `planner.collectives.expert_collectives` lists them). Each sends the chip's tokens x top-k copies of d_model (capacity: capacity
+    factor x tokens x k) over the ``ep`` group, which is laid on the fsdp axis (on dp when ep is
+    dp's degree and not fsdp's), so it stays on NVLink / ICI while ep x that axis' stride fits the fast domain
+    and crosses the scale-out network beyond (`hardware.network.collective_time`). Exposed in
+    full, unless ``ep_overlap`` (DeepSeek-V3's DualPipe, arXiv:2412.19437 §3.2.1, overlaps them
+    with another micro-batch's compute): then only their excess over the layer's compute."""
+    tp, fsdp, dp = (jnp.asarray(x[k], jnp.float32) for k in ("tp", "fsdp", "dp"))
+    ep = jnp.asarray(x.get("ep", 1), jnp.float32)
+    tokens = mb * s_loc / jnp.where(x["sp"], tp, 1.0)
+    k = cfg.experts_per_token if cfg.capacity_factor is None else cfg.capacity_factor * cfg.experts_per_token
+    nbytes = tokens * k * cfg.d_model * act
+    stride = jnp.where((ep == dp) & (ep != fsdp), st["dp"], st["fsdp"])
+    t = collective_time(net, "all_to_all", nbytes, ep, stride)
+    n = 4.0
+    moe = cfg.moe_layers * layers / cfg.n_layers
+    exposed = moe * jnp.where(x.get("ep_overlap", 0), jnp.maximum(0.0, n * t - layer_time), n * t)
+    return exposed, moe * n * (ep - 1) / ep * nbytes
 
 
 def _num(x):
@@ -439,10 +527,11 @@ def layout_arrays(layout: Layout) -> dict[str, Any]:
             "opt_shard": int(layout.optimizer_sharding), "act_bytes": _dtype_bytes("dtype", layout.dtype),
             "param_bytes": _dtype_bytes("param_dtype", layout.param_dtype), "master": int(layout.master_fp32),
             "fp8": int(layout.dtype == "fp8"), "tp_overlap": int(layout.tp_overlap),
-            "dp_overlap": int(layout.dp_overlap)}
+            "dp_overlap": int(layout.dp_overlap), "ep": layout.ep, "ep_overlap": int(layout.ep_overlap)}
 
 
-def _layout_roofline(cfg, spec, layout, *, chips, batch_size, seq_len, dtype, mode, param_dtype, slices, dropout):
+def _layout_roofline(cfg, spec, layout, *, chips, batch_size, seq_len, dtype, mode, param_dtype, slices, dropout,
+                     uneven_stages=False):
     if not isinstance(layout, Layout):
         raise ValueError(f"layout={layout!r}: give a planner.Layout (e.g. Layout.parse('fsdp=8,tp=8'))")
     if mode != "train":
@@ -455,7 +544,7 @@ def _layout_roofline(cfg, spec, layout, *, chips, batch_size, seq_len, dtype, mo
     seq_len = cfg.seq_len if seq_len is None else seq_len
     check_size("batch_size", batch_size)
     check_size("seq_len", seq_len)
-    layout.check(cfg, batch_size=batch_size, seq_len=seq_len)
+    layout.check(cfg, batch_size=batch_size, seq_len=seq_len, uneven_stages=uneven_stages)
     if layout.micro_batch is None:
         layout = layout.replace(micro_batch=max(1, batch_size // layout.data_parallel))
     peak_dtype = "bf16" if layout.dtype in ("fp16", "fp32") else layout.dtype

@@ -13,7 +13,7 @@ from hardware import Spec
 from hardware.spec import DTYPES, NUMERIC_FIELDS
 
 CANONICAL = (
-    "a100-40gb", "a100-80gb", "b200", "h100-sxm", "h200", "mi300x",
+    "a100-40gb", "a100-80gb", "b200", "h100-sxm", "h200", "h800", "mi300x",
     "tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e",
 )
 SPEC_DIR = Path(hardware.__file__).parent / "specs"

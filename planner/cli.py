@@ -1101,6 +1101,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_plan_moe(args: argparse.Namespace) -> int:
     """plan --moe: the mixture-of-experts plan under the MoE law, beside the dense plan."""
+    from planner.laws import get_law
     from planner.search import plan
 
     if args.budget is None:
@@ -1119,8 +1120,10 @@ def _cmd_plan_moe(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"--granularities {args.granularities!r}: expected ints, e.g. 1,2,4,8,16") from None
     kw = _plan_kwargs(args)
-    dense_law = kw["law"] if args.law is None or args.law in ("chinchilla", "chinchilla-rounded", "epoch") else "chinchilla"
-    moe_law = "krajewski" if args.law is None or args.law in ("chinchilla", "chinchilla-rounded", "epoch") else args.law
+    dense_laws = ("chinchilla", "chinchilla-rounded", "epoch", "krajewski-dense")
+    # the default compares one paper's two fits on one data set (Krajewski et al. 2024, C4)
+    dense_law = "krajewski-dense" if args.law is None else (args.law if args.law in dense_laws else "krajewski-dense")
+    moe_law = "krajewski" if args.law is None or args.law in dense_laws else args.law
     chips, target = kw.pop("chips"), kw.pop("hardware")
     kw.pop("law")
     kw.pop("days")
@@ -1154,8 +1157,9 @@ def _cmd_plan_moe(args: argparse.Namespace) -> int:
         f"dense       {human(dense.params)} params: d_model={dense.config.d_model} n_layers={dense.config.n_layers}; "
         f"{human(dense.tokens)} tokens; loss {dense.loss:.4f} predicted by the dense law "
         f"(E={dense.law.E:.4g} A={dense.law.A:.4g} B={dense.law.B:.4g} alpha={dense.law.alpha:.4g} beta={dense.law.beta:.4g})",
-        f"sparse - dense: {sparse.loss - dense.loss:+.4f} nats (the two laws were fitted on different data, C4 and "
-        "MassiveText: see the README's MoE section)",
+        f"sparse - dense: {sparse.loss - dense.loss:+.4f} nats"
+        + (" (Krajewski et al. 2024's MoE and dense fits, both on their C4 runs)" if dense.law == get_law("krajewski-dense")
+           else " (the two laws were fitted on different data: see the README's MoE section)"),
     ]
     lines += [f"note: {n}" for n in sparse.notes]
     print("\n".join(lines))

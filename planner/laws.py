@@ -137,6 +137,11 @@ LAWS: dict[str, ScalingLaw] = {
     "chinchilla-rounded": ScalingLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28),
     # Besiroglu et al. 2024 (Epoch AI), refit on Chinchilla's Figure 4 data, Eq. 3.
     "epoch": ScalingLaw(E=1.8172, A=482.01, B=2085.43, alpha=0.34781, beta=0.36585),
+    # Krajewski et al. 2024 ("Scaling Laws for Fine-Grained Mixture of Experts",
+    # arXiv:2402.07871, §4): their dense Transformers, fitted in parallel with the MoE law
+    # (MOE_LAWS["krajewski"]) on the same C4 runs, N without embeddings. The dense side of
+    # `plan(moe=True)`'s comparison: one paper's two fits on one data set.
+    "krajewski-dense": ScalingLaw(E=0.47, A=16.3, B=26.7, alpha=0.126, beta=0.127, params="non_embedding"),
 }
 
 

@@ -36,7 +36,7 @@ EPOCH_STDERR = dict(A=124.52, B=1293.28, E=0.026, alpha=0.015, beta=0.021)
 
 
 def test_presets():
-    assert set(LAWS) == {"chinchilla", "chinchilla-rounded", "epoch"}
+    assert set(LAWS) == {"chinchilla", "chinchilla-rounded", "epoch", "krajewski-dense"}
     chin = LAWS["chinchilla"]
     assert math.isclose(chin.A, math.exp(6.0073404)) and math.isclose(chin.B, math.exp(6.0179186))
     assert math.isclose(chin.E, math.exp(0.5267228))
@@ -45,7 +45,9 @@ def test_presets():
     assert round(chin.E, 2) == rounded.E and round(chin.A, 1) == rounded.A
     assert round(chin.B, 1) == rounded.B and round(chin.alpha, 2) == rounded.alpha
     assert round(chin.beta, 2) == rounded.beta
-    assert all(law.params == "total" for law in LAWS.values())
+    assert all(law.params == "total" for name, law in LAWS.items() if name != "krajewski-dense")
+    # Krajewski et al. 2024 fit their dense Transformers without embeddings (arXiv:2402.07871, §4)
+    assert LAWS["krajewski-dense"].params == "non_embedding"
     assert get_law("epoch") is LAWS["epoch"] and get_law(" Epoch ") is LAWS["epoch"]
     assert get_law(chin) is chin
     assert get_law("epoch", params="non_embedding").params == "non_embedding"

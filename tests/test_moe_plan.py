@@ -77,6 +77,12 @@ def test_plan_moe_1e23_beats_dense(capsys):
     out = json.loads(capsys.readouterr().out)
     sparse, dense, experts = out["moe"], out["dense"], out["experts"]
     assert out["loss_below_dense"] and sparse["loss"] < dense["loss"]
+    # the dense side is the same paper's dense fit on the same data (Krajewski et al. 2024, §4)
+    from planner.laws import LAWS
+
+    import dataclasses
+
+    assert dense["law"] == dataclasses.asdict(LAWS["krajewski-dense"])
     cfg = sparse["config"]
     assert cfg["n_experts"] == 64 * experts["granularity"] and cfg["experts_per_token"] == experts["granularity"]
     assert experts["total_params"] > 10 * experts["active_params"]  # sparse: E = 64

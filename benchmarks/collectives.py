@@ -56,14 +56,12 @@ def main(argv=None) -> int:
     ap.add_argument("--windowed", action="store_true")
     args = ap.parse_args(argv)
 
-    from jax.experimental import topologies
+    from planner.targets import parse_target, target_devices
+    from planner.validation import TPU_OPTIONS, collective_report, compile_sharded_step
 
-    from planner.validation import collective_report, compile_sharded_step
-
-    chip, _, shape = args.target.partition(":")
-    topo = topologies.get_topology_desc(f"{chip.removeprefix('tpu-')}:{shape}", "tpu")
-    opts = None if args.windowed else {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
-                                        "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+    target = parse_target(args.target)
+    devices = target_devices(target)
+    opts = None if args.windowed or target.platform != "tpu" else TPU_OPTIONS
     rows = grid()
     if args.only is not None:
         rows = [rows[args.only]]
@@ -74,10 +72,10 @@ def main(argv=None) -> int:
     for label, cfg, lay_s, b, t in rows:
         lay = Layout.parse(lay_s)
         t0 = time.time()
-        compiled, _ = compile_sharded_step(cfg, lay, batch_size=b, seq_len=t, devices=topo.devices,
+        compiled, _ = compile_sharded_step(cfg, lay, batch_size=b, seq_len=t, devices=devices,
                                            compiler_options=opts)
-        rep = collective_report(cfg, lay, compiled.as_text(), batch_size=b, seq_len=t, where=args.target,
-                                platform="tpu")
+        rep = collective_report(cfg, lay, compiled.as_text(), batch_size=b, seq_len=t, where=target.name,
+                                platform=target.platform)
         for axis, r in rep.rows.items():
             kinds = ",".join(f"{k}:{v}" for k, v in sorted(r.compiled_kinds.items()))
             print(f"{label:<11} {lay_s:<36} {axis:<8} {int(r.predicted):>12} {r.compiled:>12} "

@@ -56,6 +56,8 @@ KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective
 PHASES = ("forward", "backward", "optimizer")
 GRAD_REDUCE = ("reduce-scatter", "all-reduce")
 CP_ATTENTION = ("all-gather", "ring")
+#: The per-layer weight matrices FSDP can gather for the backward (`collectives`' ``regather``).
+MATRIX_COMPONENTS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_gate", "mlp_out")
 COLLECTIVE_MODES = ("train", "forward")
 
 
@@ -236,7 +238,10 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
                 dtype: str | None = None, param_dtype: str | None = None, gather_dtype: str | None = None,
                 grad_dtype: str | None = None, gather_in_backward: bool = True,
                 grad_reduce: str = "reduce-scatter", cp_attention: str = "all-gather",
-                keep_last_gathered: tuple[str, ...] | None = None, sp_regather: bool = True) -> list[Collective]:
+                keep_last_gathered: tuple[str, ...] | None = None, sp_regather: bool = True,
+                regather: tuple[str, ...] = (), sp_gather_dtype: str | None = None,
+                loss_sum_dtype: str | None = None, embedding_gather_dtype: str | None = None,
+                optimizer_moments: int = 2) -> list[Collective]:
     """Every collective of one step of `models.Transformer` on one device under ``layout``.
 
     Args:
@@ -263,6 +268,20 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
         the MLP's for a gated MLP, ``mlp_out`` alone for a plain one; () = gather all again.
       sp_regather: with ``sequence_parallel``, the backward all-gathers the head's input and one
         block input per layer again (XLA:TPU, measured) rather than keeping the forward's.
+      regather: components FSDP gathers again for the backward although ``gather_in_backward``
+        is False (XLA:GPU with tp > 1 gathers the MLP's matrices a second time, in the layout
+        of the backward's products; measured).
+      sp_gather_dtype: the dtype sequence parallelism all-gathers the normed block inputs in
+        (None = ``dtype``: XLA:TPU casts the norm's float32 output first; XLA:GPU gathers the
+        float32 output and casts after: "fp32").
+      loss_sum_dtype: the dtype of the loss's all-reduced sum of exponentials over a split
+        vocabulary (None = ``dtype``; XLA:GPU keeps it in "fp32").
+      embedding_gather_dtype: the dtype FSDP gathers the embedding table in (None =
+        ``gather_dtype``; "param" = ``param_dtype``). XLA:GPU mostly gathers it in its storage
+        dtype and casts after (13 of the 14 h100:8 grid rows with fsdp; benchmarks/collectives.py).
+      optimizer_moments: arrays of optimizer state per parameter (AdamW: 2). The learned
+        position table under ``cp`` is updated on each device's rows and gathered over ``cp``
+        with its moments (measured, XLA:TPU and XLA:GPU alike: the SPMD partitioner's choice).
 
     Returns:
       A list of `Collective`; `bytes_per_axis` sums it per mesh axis.
@@ -281,6 +300,10 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
     for name, flag in (("gather_in_backward", gather_in_backward), ("sp_regather", sp_regather)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name}={flag!r}: must be True or False")
+    if not isinstance(regather, (tuple, list)) or not set(regather) <= set(MATRIX_COMPONENTS):
+        raise ValueError(f"regather={regather!r}: a tuple of weight matrices; valid: {', '.join(MATRIX_COMPONENTS)}")
+    if isinstance(optimizer_moments, bool) or not isinstance(optimizer_moments, int) or optimizer_moments < 0:
+        raise ValueError(f"optimizer_moments={optimizer_moments!r}: a non-negative int (AdamW: 2)")
     seq_len = cfg.seq_len if seq_len is None else seq_len
     check_size("batch_size", batch_size)
     check_size("seq_len", seq_len)
@@ -290,8 +313,14 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
     param_dtype = layout.param_dtype if param_dtype is None else param_dtype
     gather_dtype = dtype if gather_dtype is None else gather_dtype
     grad_dtype = dtype if grad_dtype is None else grad_dtype
-    e, e_gather, e_grad, e_param = (_dtype(n, v) for n, v in (
-        ("dtype", dtype), ("gather_dtype", gather_dtype), ("grad_dtype", grad_dtype), ("param_dtype", param_dtype)))
+    sp_gather_dtype = dtype if sp_gather_dtype is None else sp_gather_dtype
+    loss_sum_dtype = dtype if loss_sum_dtype is None else loss_sum_dtype
+    embedding_gather_dtype = {None: gather_dtype, "param": param_dtype}.get(embedding_gather_dtype,
+                                                                            embedding_gather_dtype)
+    e, e_gather, e_grad, e_param, e_sp, e_loss, e_table = (_dtype(n, v) for n, v in (
+        ("dtype", dtype), ("gather_dtype", gather_dtype), ("grad_dtype", grad_dtype), ("param_dtype", param_dtype),
+        ("sp_gather_dtype", sp_gather_dtype), ("loss_sum_dtype", loss_sum_dtype),
+        ("embedding_gather_dtype", embedding_gather_dtype)))
     cfg, batch_size, seq_len = promote(cfg, batch_size, seq_len)
 
     train = mode == "train"
@@ -321,15 +350,31 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
         e_g = 4 if p.component == "norms" else e_grad  # flax's norms compute in float32
         g_dt = "fp32" if p.component == "norms" else grad_dtype
         component = p.component
+        # the learned position table under cp: each device reads (and updates) only its rows
+        rows_cp = p.component == "position" and lay.cp > 1
         if "fsdp" in sharded:
             gathered = _local_elements(p, lay, skip=("fsdp",))
-            again = train and gather_in_backward and p.backward_use
+            if rows_cp:  # (seq_len / cp, d_model): the table's columns are its only split axis
+                gathered = _div(seq_len, lay.cp) * d
+            again = train and p.backward_use and (gather_in_backward or p.component in regather)
+            g_e, g_dt = (e_table, embedding_gather_dtype) if p.component == "embedding" else (e_gather, gather_dtype)
             for phase in ("forward", "backward") if again else ("forward",):
                 count = p.copies * steps
-                if phase == "backward" and p.component in keep_last_gathered:
+                if phase == "backward" and gather_in_backward and p.component in keep_last_gathered:
                     count = (p.copies - 1) * steps
-                add("all-gather", ("fsdp",), gathered * e_gather, count, component, phase, gather_dtype, "weights")
+                add("all-gather", ("fsdp",), gathered * g_e, count, component, phase, g_dt, "weights")
         if not train:
+            continue
+        if rows_cp:
+            # its gradient is whole over cp already (other rows are other devices'): reduced over
+            # the batch axes, the update run on the rows, then the rows of the table and of its
+            # optimizer moments all-gathered over cp in their storage dtype
+            rows = _div(seq_len, lay.cp)
+            add("all-reduce", ("fsdp",), rows * d * e_grad, steps, component, "backward", grad_dtype, "gradients")
+            add("all-reduce", ("dp",), rows * _div(d, lay.fsdp) * e_grad, steps, component, "backward", grad_dtype,
+                "gradients")
+            add("all-gather", ("cp",), _local_elements(p, lay) * e_param, 1 + optimizer_moments, component,
+                "optimizer", param_dtype, "weights")
             continue
         token_axes = data_axes + (("tp",) if lay.sequence_parallel and p.on_residual else ())
         if p.component == "embedding" and (lay.dp > 1 or lay.cp > 1 or cfg.tied_embeddings):
@@ -342,6 +387,14 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
             if lay.dp > 1 or lay.cp > 1:
                 add("all-reduce", data_axes, whole * e_grad, steps, component, "backward", grad_dtype, "gradients")
                 continue
+        if "fsdp" in sharded and p.on_residual and p.component != "norms" and lay.dp > 1 and not lay.sequence_parallel:
+            # a d_model-wide bias (or the position table) added to the residual stream: its
+            # gradient, a sum over the tokens, is all-reduced whole over every data axis at
+            # once, not reduce-scattered over fsdp and then all-reduced over dp (measured on
+            # XLA:TPU and XLA:GPU alike)
+            whole = _local_elements(p, lay, skip=("fsdp",))
+            add("all-reduce", data_axes, whole * e_g, p.copies * steps, component, "backward", g_dt, "gradients")
+            continue
         if "fsdp" in sharded:
             full = _local_elements(p, lay, skip=("fsdp",))
             add(grad_reduce, ("fsdp",), full * e_g, p.copies * steps, component, "backward", g_dt, "gradients")
@@ -371,7 +424,9 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
         if train:
             pairs += [("all-reduce", "qkv", "backward"), ("all-reduce", "mlp_in", "backward")]
     for kind, comp, phase in pairs:
-        add(kind, ("tp",), act * e, per_layer, comp, phase, dtype, "activations")
+        block_input = kind == "all-gather" and phase == "forward"  # the normed input, as the norm left it
+        add(kind, ("tp",), act * (e_sp if block_input else e), per_layer, comp, phase,
+            sp_gather_dtype if block_input else dtype, "activations")
 
     # The vocabulary over tp (when tp divides it; else the table and the logits stay whole):
     # embedding lookup, logits, loss.
@@ -385,7 +440,9 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
     else:
         add("all-reduce", vocab_tp, act * e, steps, "embedding", "forward", dtype, "activations")
     if train:
-        add("all-reduce", vocab_tp, b * t * e, 3 * steps, "loss", "forward", dtype, "activations")
+        # the max, the sum of exponentials and the label's logit over the vocabulary shards
+        add("all-reduce", vocab_tp, b * t * e, 2 * steps, "loss", "forward", dtype, "activations")
+        add("all-reduce", vocab_tp, b * t * e_loss, steps, "loss", "forward", loss_sum_dtype, "activations")
         add("reduce-scatter" if sp else "all-reduce", vocab_tp, act * e, steps, "logits", "backward", dtype,
             "activations")
         if sp:

@@ -530,9 +530,32 @@ class CollectiveReport:
 #: as measured on compile-only targets (benchmarks/collectives.py).
 COMPILER_BEHAVIOUR: dict[str, dict[str, Any]] = {
     "tpu": {"gather_in_backward": True, "grad_reduce": "reduce-scatter"},
-    "gpu": {"gather_in_backward": False, "grad_reduce": "reduce-scatter"},
+    "gpu": {"gather_in_backward": False, "grad_reduce": "reduce-scatter", "sp_regather": False,
+            "sp_gather_dtype": "fp32", "loss_sum_dtype": "fp32"},
     "cpu": {"gather_in_backward": False, "grad_reduce": "all-reduce"},
 }
+
+#: What XLA:GPU gathers again for the backward when the MLP is also split over tp (measured on
+#: h100:8, jax 0.10: the MLP's matrices are gathered a second time, in the layout of the
+#: backward's products; attention's are not).
+GPU_TP_REGATHER = ("mlp_in", "mlp_gate", "mlp_out")
+
+
+def compiler_behaviour(platform: str, layout, cfg=None) -> dict[str, Any]:
+    """The `planner.collectives` options for ``platform``'s compiler under ``layout``:
+    `COMPILER_BEHAVIOUR`, and on GPU (measured on h100:8, jax 0.10) the MLP's second gather with
+    tp > 1 (`GPU_TP_REGATHER`) and a tied embedding table gathered in its storage dtype (its
+    cast to the compute dtype has two users, the lookup and the head, and stays after the
+    gather; an untied table is cast first)."""
+    if platform not in COMPILER_BEHAVIOUR:
+        raise ValueError(f"platform={platform!r}: unknown; valid: {', '.join(COMPILER_BEHAVIOUR)}")
+    out = dict(COMPILER_BEHAVIOUR[platform])
+    if platform == "gpu" and layout.fsdp > 1:
+        if layout.tp > 1:
+            out["regather"] = GPU_TP_REGATHER
+        if cfg is not None and cfg.tied_embeddings:
+            out["embedding_gather_dtype"] = "param"
+    return out
 
 
 def _hlo_wire(c) -> float:
@@ -590,7 +613,7 @@ def collective_report(cfg: TransformerConfig, layout, text: str, *, batch_size: 
     from planner.flops import per_device_dot_flops
     from planner.hlo import parse_collectives
 
-    behaviour = {**COMPILER_BEHAVIOUR[platform], **options}
+    behaviour = {**compiler_behaviour(platform, layout, cfg), **options}
     hlo = parse_collectives(text, {a: getattr(layout, a) for a in MESH_DEGREES})
     pred = collectives(cfg, layout, batch_size=batch_size, seq_len=seq_len, dtype=dtype, **behaviour)
     notes = []

@@ -44,6 +44,14 @@ def grid() -> list[tuple[str, TransformerConfig, str, int, int]]:
                     "dp=2,fsdp=2,tp=2", "fsdp=4,tp=2,sequence_parallel=true", "dp=2,cp=2,tp=2", "fsdp=4,cp=2",
                     "dp=8"):
             rows.append((name, c, lay, 8, 64))
+    # ZeRO-1 (optimizer state over dp) and gradient accumulation (micro-batches)
+    for name, c, lay in (("llama", llama, "dp=4,tp=2,optimizer_sharding=true"),
+                         ("gqa-untied", gqa, "dp=8,optimizer_sharding=true"),
+                         ("gpt-bias", gpt, "dp=2,fsdp=4,optimizer_sharding=true"),
+                         ("llama", llama, "fsdp=4,tp=2,micro_batch=1"),
+                         ("odd-vocab", odd, "dp=2,tp=4,micro_batch=2"),
+                         ("wide3", wide, "dp=2,fsdp=2,tp=2,sequence_parallel=true,micro_batch=1")):
+        rows.append((name, c, lay, 8, 64))
     return rows
 
 

@@ -386,6 +386,9 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
                 add("all-reduce", data_axes, whole * e_grad, steps, "logits", "backward", grad_dtype, "gradients")
             if lay.dp > 1 or lay.cp > 1:
                 add("all-reduce", data_axes, whole * e_grad, steps, component, "backward", grad_dtype, "gradients")
+                if lay.optimizer_sharding and lay.dp > 1:  # ZeRO-1: the updated table gathered over dp
+                    add("all-gather", ("dp",), _local_elements(p, lay) * e_param, 1, component, "optimizer",
+                        param_dtype, "weights")
                 continue
         if "fsdp" in sharded and p.on_residual and p.component != "norms" and lay.dp > 1 and not lay.sequence_parallel:
             # a d_model-wide bias (or the position table) added to the residual stream: its
@@ -400,7 +403,8 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
             add(grad_reduce, ("fsdp",), full * e_g, p.copies * steps, component, "backward", g_dt, "gradients")
         rest = tuple(a for a in token_axes if a not in sharded)
         local = _local_elements(p, lay)
-        if lay.optimizer_sharding and "dp" in rest and lay.dp > 1:
+        if lay.optimizer_sharding and "dp" in rest and lay.dp > 1 and p.component != "norms":
+            # (the norm scales' gradients stay all-reduced: measured, XLA:TPU)
             # ZeRO-1: reduce-scatter over dp (with the other replicated axes), then the updated
             # parameters all-gathered over dp in their storage dtype.
             others = tuple(a for a in rest if a != "dp")
@@ -432,11 +436,13 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
     # embedding lookup, logits, loss.
     vocab_tp = ("tp",) if "tp" in mesh_axes("vocab", lay, size=cfg.vocab_size) else ()
     # With sequence parallelism the lookup's output is reduce-scattered into the sequence-sharded
-    # residual stream and the head's input all-gathered (Korthikanti et al. 2022, Fig. 5); an
-    # unsplit vocabulary (tp does not divide it) leaves both on the local sequence shard.
+    # residual stream and the head's input all-gathered (Korthikanti et al. 2022, Fig. 5). An
+    # unsplit vocabulary (tp does not divide it) makes the lookup local (no reduce-scatter), but
+    # the head still reads the whole sequence (its logits are not split over tp): the gathers
+    # stay (measured, XLA:TPU and XLA:GPU).
     if sp:
         add("reduce-scatter", vocab_tp, act * e, steps, "embedding", "forward", dtype, "activations")
-        add("all-gather", vocab_tp, act * e, steps, "logits", "forward", dtype, "activations")
+        add("all-gather", ("tp",), act * e, steps, "logits", "forward", dtype, "activations")
     else:
         add("all-reduce", vocab_tp, act * e, steps, "embedding", "forward", dtype, "activations")
     if train:
@@ -446,7 +452,7 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
         add("reduce-scatter" if sp else "all-reduce", vocab_tp, act * e, steps, "logits", "backward", dtype,
             "activations")
         if sp:
-            add("all-gather", vocab_tp, act * e, steps, "embedding", "backward", dtype, "activations")
+            add("all-gather", ("tp",), act * e, steps, "embedding", "backward", dtype, "activations")
             if sp_regather:
                 # the head's input and one block input per layer are gathered again for the
                 # weight gradients instead of being kept (Korthikanti et al. 2022, Sec. 4.2.2,

@@ -659,23 +659,22 @@ def _compile_where(cfg, layout, *, batch_size, seq_len, target, devices, dtype):
     import os
 
     if target is not None:
-        chip, _, shape = str(target).partition(":")
-        if not chip.startswith("tpu-") or not shape:
-            raise ValueError(f"target={target!r}: give a TPU slice such as tpu-v5p:2x2x2 (GPU targets: "
-                             "planner.targets)")
-        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-        from jax.experimental import topologies
+        from planner.targets import parse_target, target_devices
 
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        tgt = parse_target(target)
         try:
-            devs = topologies.get_topology_desc(f"{chip[4:]}:{shape}", "tpu").devices
-        except Exception as e:  # noqa: BLE001 - libtpu's own error
-            raise ValueError(f"target={target!r}: the TPU compiler cannot describe it ({e})") from None
+            devs = target_devices(tgt)
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the compiler's own error
+            raise ValueError(f"target={target!r}: the compiler cannot describe it ({e})") from None
         if len(devs) != layout.chips:
             raise ValueError(f"target {target} has {len(devs)} chips, layout {layout.to_string()} needs "
                              f"{layout.chips}; change the degrees or the slice")
         compiled, _ = compile_sharded_step(cfg, layout, batch_size=batch_size, seq_len=seq_len, devices=devs,
-                                           dtype=dtype, compiler_options=TPU_OPTIONS)
-        return compiled.as_text(), _memory(compiled), str(target), "tpu"
+                                           dtype=dtype, compiler_options=TPU_OPTIONS if tgt.platform == "tpu" else None)
+        return compiled.as_text(), _memory(compiled), tgt.name, tgt.platform
     devs = jax.devices()[: layout.chips]
     if len(devs) < layout.chips:
         raise ValueError(f"layout {layout.to_string()} needs {layout.chips} devices, this process has "
@@ -693,7 +692,8 @@ def validate_layout(cfg: TransformerConfig, layout, *, batch_size: int, seq_len:
     Args:
       cfg, layout: the model and its `Layout` (pp = 1: the model has no pipeline stages).
       batch_size, seq_len: the global batch (seq_len None = cfg.seq_len).
-      target: a compile-only TPU slice ("tpu-v5p:2x2x2"; its chips = layout.chips).
+      target: a compile-only target (`planner.targets`): a TPU slice ("tpu-v5p:2x2x2") or GPUs
+        ("h100:8"); its chips = layout.chips.
       devices: an int N runs a simulated CPU mesh of N devices in a subprocess (the XLA flag
         must be set before JAX starts); "local" uses this process's devices.
       dtype: compute dtype ("bf16" default; parameters stay float32).

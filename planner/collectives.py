@@ -175,6 +175,7 @@ class _Param:
     copies: Any
     backward_use: bool
     on_residual: bool
+    fp32_grad: bool = False  # a norm scale: flax's norms compute in float32
 
 
 def parameters(cfg: TransformerConfig, layers) -> list[_Param]:
@@ -186,10 +187,12 @@ def parameters(cfg: TransformerConfig, layers) -> list[_Param]:
     ps = [_Param("embedding", (("vocab", v), ("embed", d)), 1, False, False)]
     if cfg.position == "learned":
         ps.append(_Param("position", (("position", cfg.seq_len), ("embed", d)), 1, False, True))
-    norm = [(("norm", d),)] * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
+    # a norm's scale, and with LayerNorm and biases its bias (whose gradient comes in the compute
+    # dtype: measured, XLA:TPU)
+    norm = [((("norm", d),), True)] + ([((("norm", d),), False)] if cfg.norm == "layernorm" and cfg.bias else [])
     qkv_bias, bias = cfg.resolved_qkv_bias, cfg.bias
-    for s in norm * 2:
-        ps.append(_Param("norms", s, layers, False, True))
+    for s, fp32 in norm * 2:
+        ps.append(_Param("norms", s, layers, False, True, fp32))
     for name, width, axis in (("q", qw, "heads"), ("k", kvw, "kv_heads"), ("v", kvw, "kv_heads")):
         ps.append(_Param(name, (("embed", d), (axis, width)), layers, True, False))
         if qkv_bias:
@@ -204,8 +207,8 @@ def parameters(cfg: TransformerConfig, layers) -> list[_Param]:
     ps.append(_Param("mlp_out", (("mlp", ff), ("embed", d)), layers, True, False))
     if bias:
         ps.append(_Param("mlp_out", (("embed", d),), layers, False, True))
-    for s in norm:
-        ps.append(_Param("norms", s, 1, False, True))
+    for s, fp32 in norm:
+        ps.append(_Param("norms", s, 1, False, True, fp32))
     if not cfg.tied_embeddings:
         ps.append(_Param("head", (("embed", d), ("vocab", v)), 1, False, False))
     return ps
@@ -266,8 +269,9 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
         copies the compiler keeps for the backward (which starts with them, right after the
         forward) instead of gathering them again. None = what XLA:TPU does (measured): all of
         the MLP's for a gated MLP, ``mlp_out`` alone for a plain one; () = gather all again.
-      sp_regather: with ``sequence_parallel``, the backward all-gathers the head's input and one
-        block input per layer again (XLA:TPU, measured) rather than keeping the forward's.
+      sp_regather: with ``sequence_parallel``, the backward all-gathers the head's input and the
+        two block inputs of every layer but the last again (XLA:TPU, measured) rather than
+        keeping the forward's.
       regather: components FSDP gathers again for the backward although ``gather_in_backward``
         is False (XLA:GPU with tp > 1 gathers the MLP's matrices a second time, in the layout
         of the backward's products; measured).
@@ -347,33 +351,36 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
     params = parameters(cfg, layers)
     for p in params:
         sharded = _sharded_axes(p, lay)
-        e_g = 4 if p.component == "norms" else e_grad  # flax's norms compute in float32
-        g_dt = "fp32" if p.component == "norms" else grad_dtype
+        e_g = 4 if p.fp32_grad else e_grad  # flax's norms compute in float32
+        g_dt = "fp32" if p.fp32_grad else grad_dtype
         component = p.component
-        # the learned position table under cp: each device reads (and updates) only its rows
-        rows_cp = p.component == "position" and lay.cp > 1
+        # the learned position table under cp (and the sequence-parallel tp): each device's
+        # gradient holds only its rows, and it updates only those
+        row_axes = ("cp",) + (("tp",) if lay.sequence_parallel else ())
+        row_deg = lay.cp * (lay.tp if lay.sequence_parallel else 1)
+        rows_cp = p.component == "position" and row_deg > 1
         if "fsdp" in sharded:
             gathered = _local_elements(p, lay, skip=("fsdp",))
             if rows_cp:  # (seq_len / cp, d_model): the table's columns are its only split axis
                 gathered = _div(seq_len, lay.cp) * d
             again = train and p.backward_use and (gather_in_backward or p.component in regather)
-            g_e, g_dt = (e_table, embedding_gather_dtype) if p.component == "embedding" else (e_gather, gather_dtype)
+            ag_e, ag_dt = (e_table, embedding_gather_dtype) if p.component == "embedding" else (e_gather, gather_dtype)
             for phase in ("forward", "backward") if again else ("forward",):
                 count = p.copies * steps
                 if phase == "backward" and gather_in_backward and p.component in keep_last_gathered:
                     count = (p.copies - 1) * steps
-                add("all-gather", ("fsdp",), gathered * g_e, count, component, phase, g_dt, "weights")
+                add("all-gather", ("fsdp",), gathered * ag_e, count, component, phase, ag_dt, "weights")
         if not train:
             continue
         if rows_cp:
             # its gradient is whole over cp already (other rows are other devices'): reduced over
             # the batch axes, the update run on the rows, then the rows of the table and of its
-            # optimizer moments all-gathered over cp in their storage dtype
-            rows = _div(seq_len, lay.cp)
+            # optimizer moments all-gathered over cp (and tp) in their storage dtype
+            rows = _div(seq_len, row_deg)
             add("all-reduce", ("fsdp",), rows * d * e_grad, steps, component, "backward", grad_dtype, "gradients")
             add("all-reduce", ("dp",), rows * _div(d, lay.fsdp) * e_grad, steps, component, "backward", grad_dtype,
                 "gradients")
-            add("all-gather", ("cp",), _local_elements(p, lay) * e_param, 1 + optimizer_moments, component,
+            add("all-gather", row_axes, _local_elements(p, lay) * e_param, 1 + optimizer_moments, component,
                 "optimizer", param_dtype, "weights")
             continue
         token_axes = data_axes + (("tp",) if lay.sequence_parallel and p.on_residual else ())
@@ -390,6 +397,15 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
                     add("all-gather", ("dp",), _local_elements(p, lay) * e_param, 1, component, "optimizer",
                         param_dtype, "weights")
                 continue
+        if lay.optimizer_sharding and lay.dp > 1 and "fsdp" in sharded and not p.on_residual:
+            # ZeRO-1 beside FSDP: the state split over fsdp and dp, the gradient all-reduced over
+            # both at once (whole over fsdp; each device then keeps its slice) and the updated
+            # parameters all-gathered over dp (measured, XLA:TPU)
+            whole = _local_elements(p, lay, skip=("fsdp",))
+            add("all-reduce", data_axes, whole * e_g, p.copies * steps, component, "backward", g_dt, "gradients")
+            add("all-gather", ("dp",), _local_elements(p, lay) * e_param, p.copies, component, "optimizer",
+                param_dtype, "weights")
+            continue
         if "fsdp" in sharded and p.on_residual and p.component != "norms" and lay.dp > 1 and not lay.sequence_parallel:
             # a d_model-wide bias (or the position table) added to the residual stream: its
             # gradient, a sum over the tokens, is all-reduced whole over every data axis at
@@ -458,7 +474,10 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
                 # weight gradients instead of being kept (Korthikanti et al. 2022, Sec. 4.2.2,
                 # make the same trade in Megatron)
                 add("all-gather", ("tp",), act * e, steps, "logits", "backward", dtype, "activations")
-                add("all-gather", ("tp",), act * e, per_layer, "block_input", "backward", dtype, "activations")
+                # both block inputs of every layer but the last, whose backward follows the
+                # forward at once (measured with 2 and 3 layers: 2 and 4 gathers)
+                add("all-gather", ("tp",), act * e, 2 * (layers - 1) * steps, "block_input", "backward", dtype,
+                    "activations")
         # the mean loss over the data shards: one float32 scalar
         add("all-reduce", data_axes, 4, steps, "loss", "forward", "fp32", "activations")
 

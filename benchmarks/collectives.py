@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--start", type=int, default=0, help="skip the first rows")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--windowed", action="store_true")
+    ap.add_argument("--hlo-dir", metavar="DIR", help="keep each compiled HLO text there and reuse it "
+                    "(the closed form can then be re-checked without compiling)")
     args = ap.parse_args(argv)
 
     from planner.targets import parse_target, target_devices
@@ -80,9 +82,21 @@ def main(argv=None) -> int:
     for label, cfg, lay_s, b, t in rows:
         lay = Layout.parse(lay_s)
         t0 = time.time()
-        compiled, _ = compile_sharded_step(cfg, lay, batch_size=b, seq_len=t, devices=devices,
-                                           compiler_options=opts)
-        rep = collective_report(cfg, lay, compiled.as_text(), batch_size=b, seq_len=t, where=target.name,
+        cache = None
+        if args.hlo_dir:
+            os.makedirs(args.hlo_dir, exist_ok=True)
+            cache = os.path.join(args.hlo_dir, f"{target.name}_{label}_{lay_s}{'_w' if args.windowed else ''}.hlo"
+                                 .replace(":", "-").replace(",", "_").replace("=", ""))
+        if cache and os.path.exists(cache):
+            text = open(cache).read()
+        else:
+            compiled, _ = compile_sharded_step(cfg, lay, batch_size=b, seq_len=t, devices=devices,
+                                               compiler_options=opts)
+            text = compiled.as_text()
+            if cache:
+                with open(cache, "w") as f:
+                    f.write(text)
+        rep = collective_report(cfg, lay, text, batch_size=b, seq_len=t, where=target.name,
                                 platform=target.platform)
         for axis, r in rep.rows.items():
             kinds = ",".join(f"{k}:{v}" for k, v in sorted(r.compiled_kinds.items()))

@@ -57,7 +57,7 @@ PHASES = ("forward", "backward", "optimizer")
 GRAD_REDUCE = ("reduce-scatter", "all-reduce")
 CP_ATTENTION = ("all-gather", "ring")
 #: The per-layer weight matrices FSDP can gather for the backward (`collectives`' ``regather``).
-MATRIX_COMPONENTS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_gate", "mlp_out")
+MATRIX_COMPONENTS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_gate", "mlp_out", "head")
 COLLECTIVE_MODES = ("train", "forward")
 
 
@@ -363,7 +363,7 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
             gathered = _local_elements(p, lay, skip=("fsdp",))
             if rows_cp:  # (seq_len / cp, d_model): the table's columns are its only split axis
                 gathered = _div(seq_len, lay.cp) * d
-            again = train and p.backward_use and (gather_in_backward or p.component in regather)
+            again = train and ((p.backward_use and gather_in_backward) or p.component in regather)
             ag_e, ag_dt = (e_table, embedding_gather_dtype) if p.component == "embedding" else (e_gather, gather_dtype)
             for phase in ("forward", "backward") if again else ("forward",):
                 count = p.copies * steps

@@ -539,7 +539,8 @@ COMPILER_BEHAVIOUR: dict[str, dict[str, Any]] = {
 #: h100:8, jax 0.10: the MLP's matrices are gathered a second time, in the layout of the
 #: backward's products; attention's are not).
 GPU_TP_REGATHER = ("mlp_in", "mlp_gate", "mlp_out")
-#: ... and with sequence parallelism also attention's output matrix and the untied head.
+#: ... and with sequence parallelism also attention's output matrix and the untied head (when
+#: tp splits its vocabulary).
 GPU_SP_REGATHER = ("attn_out", "head")
 
 
@@ -554,7 +555,10 @@ def compiler_behaviour(platform: str, layout, cfg=None) -> dict[str, Any]:
     out = dict(COMPILER_BEHAVIOUR[platform])
     if platform == "gpu" and layout.fsdp > 1:
         if layout.tp > 1:
-            out["regather"] = GPU_TP_REGATHER + (GPU_SP_REGATHER if layout.sequence_parallel else ())
+            sp = GPU_SP_REGATHER if layout.sequence_parallel else ()
+            if cfg is not None and cfg.vocab_size % layout.tp:  # a head tp does not split: gathered once
+                sp = tuple(c for c in sp if c != "head")
+            out["regather"] = GPU_TP_REGATHER + sp
         if cfg is not None and cfg.tied_embeddings:
             out["embedding_gather_dtype"] = "param"
     return out

@@ -114,7 +114,7 @@ def test_compiler_behaviour_options_are_stated():
     table = 256 // 2 * 128 * (4 - 2)  # the tied table gathered in fp32, not bf16
     assert _sum(twice_mlp, kind="all-gather", axis="fsdp") - _sum(once, kind="all-gather", axis="fsdp") == mlp + table
     with pytest.raises(ValueError, match="regather"):
-        collectives(cfg, lay, batch_size=8, regather=("head",))
+        collectives(cfg, lay, batch_size=8, regather=("embedding",))
 
 
 def test_wire_bytes_of_a_ring():

@@ -244,7 +244,7 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
                 keep_last_gathered: tuple[str, ...] | None = None, sp_regather: bool = True,
                 regather: tuple[str, ...] = (), sp_gather_dtype: str | None = None,
                 loss_sum_dtype: str | None = None, embedding_gather_dtype: str | None = None,
-                optimizer_moments: int = 2) -> list[Collective]:
+                optimizer_moments: int = 2, reduce_after_accumulation: bool = False) -> list[Collective]:
     """Every collective of one step of `models.Transformer` on one device under ``layout``.
 
     Args:
@@ -283,6 +283,11 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
       embedding_gather_dtype: the dtype FSDP gathers the embedding table in (None =
         ``gather_dtype``; "param" = ``param_dtype``). XLA:GPU mostly gathers it in its storage
         dtype and casts after (13 of the 14 h100:8 grid rows with fsdp; benchmarks/collectives.py).
+      reduce_after_accumulation: with micro-batches, the gradients of parameters replicated over
+        the data axes are all-reduced once per step, after the micro-batches are summed
+        (XLA:GPU; an embedding table split over tp is still reduced per micro-batch),
+        not once per micro-batch (XLA:TPU; it does so only for the float32 norm scales, whose
+        gradients join the float32 accumulator unconverted).
       optimizer_moments: arrays of optimizer state per parameter (AdamW: 2). The learned
         position table under ``cp`` is updated on each device's rows and gathered over ``cp``
         with its moments (measured, XLA:TPU and XLA:GPU alike: the SPMD partitioner's choice).
@@ -301,7 +306,8 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
     _choice("cp_attention", cp_attention, CP_ATTENTION)
     if not isinstance(layout, Layout):
         raise ValueError(f"layout={layout!r}: expected a planner.Layout (e.g. Layout.parse('fsdp=4,tp=2'))")
-    for name, flag in (("gather_in_backward", gather_in_backward), ("sp_regather", sp_regather)):
+    for name, flag in (("gather_in_backward", gather_in_backward), ("sp_regather", sp_regather),
+                       ("reduce_after_accumulation", reduce_after_accumulation)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name}={flag!r}: must be True or False")
     if not isinstance(regather, (tuple, list)) or not set(regather) <= set(MATRIX_COMPONENTS):
@@ -392,7 +398,9 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
             if cfg.tied_embeddings:
                 add("all-reduce", data_axes, whole * e_grad, steps, "logits", "backward", grad_dtype, "gradients")
             if lay.dp > 1 or lay.cp > 1:
-                add("all-reduce", data_axes, whole * e_grad, steps, component, "backward", grad_dtype, "gradients")
+                once = reduce_after_accumulation and "tp" not in sharded  # a table tp splits: per micro-batch
+                add("all-reduce", data_axes, whole * e_grad, 1 if once else steps, component, "backward", grad_dtype,
+                    "gradients")
                 if lay.optimizer_sharding and lay.dp > 1:  # ZeRO-1: the updated table gathered over dp
                     add("all-gather", ("dp",), _local_elements(p, lay) * e_param, 1, component, "optimizer",
                         param_dtype, "weights")
@@ -430,7 +438,7 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
         else:
             # a norm scale's float32 gradient joins the float32 accumulator as it is, so the
             # compiler sums the micro-batches first and reduces once (measured, XLA:TPU)
-            reduces = p.copies * (1 if p.fp32_grad else steps)
+            reduces = p.copies * (1 if p.fp32_grad or reduce_after_accumulation else steps)
             add("all-reduce", rest, local * e_g, reduces, component, "backward", g_dt, "gradients")
 
     # --- activations: tensor and sequence parallelism -------------------------------------

@@ -531,7 +531,7 @@ class CollectiveReport:
 COMPILER_BEHAVIOUR: dict[str, dict[str, Any]] = {
     "tpu": {"gather_in_backward": True, "grad_reduce": "reduce-scatter"},
     "gpu": {"gather_in_backward": False, "grad_reduce": "reduce-scatter", "sp_regather": False,
-            "sp_gather_dtype": "fp32", "loss_sum_dtype": "fp32"},
+            "sp_gather_dtype": "fp32", "loss_sum_dtype": "fp32", "reduce_after_accumulation": True},
     "cpu": {"gather_in_backward": False, "grad_reduce": "all-reduce"},
 }
 

@@ -44,6 +44,14 @@ def grid() -> list[tuple[str, TransformerConfig, str, int, int]]:
                     "dp=2,fsdp=2,tp=2", "fsdp=4,tp=2,sequence_parallel=true", "dp=2,cp=2,tp=2", "fsdp=4,cp=2",
                     "dp=8"):
             rows.append((name, c, lay, 8, 64))
+    # ZeRO-1 (optimizer state over dp) and gradient accumulation (micro-batches)
+    for name, c, lay in (("llama", llama, "dp=4,tp=2,optimizer_sharding=true"),
+                         ("gqa-untied", gqa, "dp=8,optimizer_sharding=true"),
+                         ("gpt-bias", gpt, "dp=2,fsdp=4,optimizer_sharding=true"),
+                         ("llama", llama, "fsdp=4,tp=2,micro_batch=1"),
+                         ("odd-vocab", odd, "dp=2,tp=4,micro_batch=2"),
+                         ("wide3", wide, "dp=2,fsdp=2,tp=2,sequence_parallel=true,micro_batch=1")):
+        rows.append((name, c, lay, 8, 64))
     return rows
 
 
@@ -54,16 +62,16 @@ def main(argv=None) -> int:
     ap.add_argument("--start", type=int, default=0, help="skip the first rows")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--windowed", action="store_true")
+    ap.add_argument("--hlo-dir", metavar="DIR", help="keep each compiled HLO text there and reuse it "
+                    "(the closed form can then be re-checked without compiling)")
     args = ap.parse_args(argv)
 
-    from jax.experimental import topologies
+    from planner.targets import parse_target, target_devices
+    from planner.validation import TPU_OPTIONS, collective_report, compile_sharded_step
 
-    from planner.validation import collective_report, compile_sharded_step
-
-    chip, _, shape = args.target.partition(":")
-    topo = topologies.get_topology_desc(f"{chip.removeprefix('tpu-')}:{shape}", "tpu")
-    opts = None if args.windowed else {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
-                                        "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+    target = parse_target(args.target)
+    devices = target_devices(target)
+    opts = None if args.windowed or target.platform != "tpu" else TPU_OPTIONS
     rows = grid()
     if args.only is not None:
         rows = [rows[args.only]]
@@ -74,10 +82,22 @@ def main(argv=None) -> int:
     for label, cfg, lay_s, b, t in rows:
         lay = Layout.parse(lay_s)
         t0 = time.time()
-        compiled, _ = compile_sharded_step(cfg, lay, batch_size=b, seq_len=t, devices=topo.devices,
-                                           compiler_options=opts)
-        rep = collective_report(cfg, lay, compiled.as_text(), batch_size=b, seq_len=t, where=args.target,
-                                platform="tpu")
+        cache = None
+        if args.hlo_dir:
+            os.makedirs(args.hlo_dir, exist_ok=True)
+            cache = os.path.join(args.hlo_dir, f"{target.name}_{label}_{lay_s}{'_w' if args.windowed else ''}.hlo"
+                                 .replace(":", "-").replace(",", "_").replace("=", ""))
+        if cache and os.path.exists(cache):
+            text = open(cache).read()
+        else:
+            compiled, _ = compile_sharded_step(cfg, lay, batch_size=b, seq_len=t, devices=devices,
+                                               compiler_options=opts)
+            text = compiled.as_text()
+            if cache:
+                with open(cache, "w") as f:
+                    f.write(text)
+        rep = collective_report(cfg, lay, text, batch_size=b, seq_len=t, where=target.name,
+                                platform=target.platform)
         for axis, r in rep.rows.items():
             kinds = ",".join(f"{k}:{v}" for k, v in sorted(r.compiled_kinds.items()))
             print(f"{label:<11} {lay_s:<36} {axis:<8} {int(r.predicted):>12} {r.compiled:>12} "

@@ -261,8 +261,29 @@ def state_shardings(state, mesh: Mesh, layout: Layout, rules: dict[str, tuple[st
                 return NamedSharding(mesh, spec)
         return NamedSharding(mesh, P())
 
+    if layout.optimizer_sharding and layout.dp > 1:
+        inner = opt_leaf
+
+        def opt_leaf(path, leaf):  # noqa: F811 - ZeRO-1: the state also split over dp
+            sh = inner(path, leaf)
+            return NamedSharding(mesh, zero1_spec(sh.spec, np.shape(leaf), layout))
+
     opt_sh = jax.tree_util.tree_map_with_path(opt_leaf, state.opt_state)
     return param_sh, opt_sh
+
+
+def zero1_spec(spec: P, shape: tuple[int, ...], layout: Layout) -> P:
+    """ZeRO-1 (Rajbhandari et al. 2020, Sec. 5.1; Megatron's distributed optimizer): an optimizer
+    leaf's PartitionSpec with ``dp`` added to its first dimension that ``dp`` divides (after the
+    axes already on it); a leaf no dimension of which divides stays as it was."""
+    parts = list(spec) + [None] * (len(shape) - len(spec))
+    for i, (size, part) in enumerate(zip(shape, parts)):
+        axes = () if part is None else ((part,) if isinstance(part, str) else tuple(part))
+        local = size // int(np.prod([getattr(layout, a) for a in axes])) if axes else size
+        if local % layout.dp == 0:
+            parts[i] = _one(axes + ("dp",))
+            return P(*parts)
+    return spec
 
 
 def _path_key(path) -> tuple:
@@ -286,11 +307,12 @@ def shard_train_state(state, mesh: Mesh, layout: Layout, rules: dict[str, tuple[
 
 
 def sharded_train_step(state, mesh: Mesh, layout: Layout, rules: dict[str, tuple[str, ...]] = RULES,
-                       *, donate: bool = True):
+                       *, donate: bool = True, micro_batches: int = 1):
     """The jitted training step of `models.train` on ``mesh``:
     f(params, opt_state, inputs, targets) -> (params, opt_state, loss), with input and output
     shardings from the rules (tokens: `batch_spec`) and the activation constraints of
-    `activation_spec` applied while tracing."""
+    `activation_spec` applied while tracing. ``micro_batches`` > 1 accumulates the gradient
+    over that many slices of each device's batch (`models.train.train_step`)."""
     from models.train import train_step
 
     _check(layout)
@@ -300,7 +322,8 @@ def sharded_train_step(state, mesh: Mesh, layout: Layout, rules: dict[str, tuple
 
     def step(params, opt_state, inputs, targets):
         with activation_sharding(mesh, layout):
-            return body(params, opt_state, inputs, targets, graphdef=state.graphdef, tx=state.tx)
+            return body(params, opt_state, inputs, targets, graphdef=state.graphdef, tx=state.tx,
+                        micro_batches=micro_batches)
 
     return jax.jit(step, in_shardings=(param_sh, opt_sh, tok, tok),
                    out_shardings=(param_sh, opt_sh, NamedSharding(mesh, P())),
@@ -323,7 +346,8 @@ def lower_sharded_step(cfg, layout: Layout, *, batch_size: int, seq_len: int, de
     graphdef, params = nnx.split(abstract_model(cfg, scan_layers=scan_layers, dtype=dtype), nnx.Param)
     tx = adamw()
     state = TrainState(graphdef, params, jax.eval_shape(tx.init, params), tx)
-    step = sharded_train_step(state, mesh, layout, rules, donate=False)
+    step = sharded_train_step(state, mesh, layout, rules, donate=False,
+                              micro_batches=layout.accumulation_steps(batch_size))
     tokens = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
     return step.lower(state.params, state.opt_state, tokens, tokens), mesh
 

@@ -126,7 +126,10 @@ def _accumulate(loss_of, params, inputs, targets, n: int):
     b = inputs.shape[0]
     if b % n:
         raise ValueError(f"micro_batches={n} does not divide the batch of {b} sequences")
-    split = lambda a: a.reshape((n, b // n) + a.shape[1:])  # noqa: E731
+    # micro-batch i takes rows i, i + n, i + 2n, ...: with the batch split over data-parallel
+    # devices in blocks (n dividing each block), every device keeps its own share of every
+    # micro-batch, so slicing one moves no data between devices
+    split = lambda a: a.reshape((b // n, n) + a.shape[1:]).swapaxes(0, 1)  # noqa: E731
 
     def body(carry, xy):
         loss_sum, grad_sum = carry

@@ -426,10 +426,14 @@ def _iota_groups(text: str) -> list[list[int]] | None:
 
 def _mesh_groups(text: str) -> list[list[int]] | None:
     """"mesh['axis_0'=4,'axis_1'=2] {'axis_0'}": the device iota laid out on that mesh, one group
-    per combination of the axes not listed (the listed axes vary inside a group)."""
+    per combination of the axes not listed (the listed axes vary inside a group). The devices
+    on the mesh may be given (``device_ids=([2,2,2]T(1,0,2))``: iota reshaped to [2,2,2] and
+    transposed; ``device_ids=[8]<=[2,4]T(1,0)``; or an explicit ``device_ids={0,2,...}``), as
+    XLA prints a mesh whose devices are not in iota order (xla/hlo/ir/mesh_and_axis.h)."""
     import numpy as np
 
-    m = re.match(r"mesh\[([^\]]*)\]\s*(?:<=\[[\d,]+\](?:T\([\d,]+\))?\s*)?\{([^}]*)\}", text)
+    m = re.match(r"mesh\[([^\]]*)\]\s*(?:<=\[[\d,]+\](?:T\([\d,]+\))?\s*)?"
+                 r"(?:,\s*device_ids=(\{[\d,]*\}|\S*?))?\s*\{('[^}]*)\}", text)
     if not m:
         return None
     names, sizes = [], []
@@ -437,9 +441,27 @@ def _mesh_groups(text: str) -> list[list[int]] | None:
         name, _, size = item.partition("=")
         names.append(name.strip().strip("'\""))
         sizes.append(int(size))
-    grouped = [g.strip().strip("'\"") for g in m.group(2).split(",") if g.strip()]
-    ids = np.arange(math.prod(sizes)).reshape(sizes)
-    keep = [i for i, n in enumerate(names) if n not in grouped]
+    grouped = [g.strip().strip("'\"") for g in m.group(3).split(",") if g.strip()]
+    n = math.prod(sizes)
+    ids = np.arange(n)
+    devices = (m.group(2) or "").strip()
+    if devices.startswith("(") and devices.endswith(")"):
+        devices = devices[1:-1]
+    if devices.startswith("{"):
+        ids = np.array([int(x) for x in devices.strip("{}").split(",") if x])
+    elif devices:
+        d = re.match(r"\[([\d,]+)\](?:<=\[([\d,]+)\])?(?:T\(([\d,]+)\))?", devices)
+        if not d:
+            return None
+        dims = [int(x) for x in (d.group(2) or d.group(1)).split(",")]
+        arr = np.arange(n).reshape(dims)
+        if d.group(3):
+            arr = arr.transpose([int(x) for x in d.group(3).split(",")])
+        ids = arr.reshape(-1)
+    if ids.size != n:
+        return None
+    ids = ids.reshape(sizes)
+    keep = [i for i, name in enumerate(names) if name not in grouped]
     moved = ids.transpose(keep + [names.index(g) for g in grouped])
     size = math.prod(sizes[names.index(g)] for g in grouped)
     return moved.reshape(-1, size).tolist()

@@ -541,9 +541,38 @@ class CollectiveReport:
 #: as measured on compile-only targets (benchmarks/collectives.py).
 COMPILER_BEHAVIOUR: dict[str, dict[str, Any]] = {
     "tpu": {"gather_in_backward": True, "grad_reduce": "reduce-scatter"},
-    "gpu": {"gather_in_backward": False, "grad_reduce": "reduce-scatter"},
+    "gpu": {"gather_in_backward": False, "grad_reduce": "reduce-scatter", "sp_regather": False,
+            "sp_gather_dtype": "fp32", "loss_sum_dtype": "fp32", "reduce_after_accumulation": True},
     "cpu": {"gather_in_backward": False, "grad_reduce": "all-reduce"},
 }
+
+#: What XLA:GPU gathers again for the backward when the MLP is also split over tp (measured on
+#: h100:8, jax 0.10: the MLP's matrices are gathered a second time, in the layout of the
+#: backward's products; attention's are not).
+GPU_TP_REGATHER = ("mlp_in", "mlp_gate", "mlp_out")
+#: ... and with sequence parallelism also attention's output matrix and the untied head (when
+#: tp splits its vocabulary).
+GPU_SP_REGATHER = ("attn_out", "head")
+
+
+def compiler_behaviour(platform: str, layout, cfg=None) -> dict[str, Any]:
+    """The `planner.collectives` options for ``platform``'s compiler under ``layout``:
+    `COMPILER_BEHAVIOUR`, and on GPU (measured on h100:8, jax 0.10) the MLP's second gather with
+    tp > 1 (`GPU_TP_REGATHER`) and a tied embedding table gathered in its storage dtype (its
+    cast to the compute dtype has two users, the lookup and the head, and stays after the
+    gather; an untied table is cast first)."""
+    if platform not in COMPILER_BEHAVIOUR:
+        raise ValueError(f"platform={platform!r}: unknown; valid: {', '.join(COMPILER_BEHAVIOUR)}")
+    out = dict(COMPILER_BEHAVIOUR[platform])
+    if platform == "gpu" and layout.fsdp > 1:
+        if layout.tp > 1:
+            sp = GPU_SP_REGATHER if layout.sequence_parallel else ()
+            if cfg is not None and cfg.vocab_size % layout.tp:  # a head tp does not split: gathered once
+                sp = tuple(c for c in sp if c != "head")
+            out["regather"] = GPU_TP_REGATHER + sp
+        if cfg is not None and cfg.tied_embeddings:
+            out["embedding_gather_dtype"] = "param"
+    return out
 
 
 def _hlo_wire(c) -> float:
@@ -601,7 +630,7 @@ def collective_report(cfg: TransformerConfig, layout, text: str, *, batch_size: 
     from planner.flops import per_device_dot_flops
     from planner.hlo import parse_collectives
 
-    behaviour = {**COMPILER_BEHAVIOUR[platform], **options}
+    behaviour = {**compiler_behaviour(platform, layout, cfg), **options}
     hlo = parse_collectives(text, {a: getattr(layout, a) for a in MESH_DEGREES})
     pred = collectives(cfg, layout, batch_size=batch_size, seq_len=seq_len, dtype=dtype, **behaviour)
     notes = []
@@ -647,23 +676,22 @@ def _compile_where(cfg, layout, *, batch_size, seq_len, target, devices, dtype):
     import os
 
     if target is not None:
-        chip, _, shape = str(target).partition(":")
-        if not chip.startswith("tpu-") or not shape:
-            raise ValueError(f"target={target!r}: give a TPU slice such as tpu-v5p:2x2x2 (GPU targets: "
-                             "planner.targets)")
-        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-        from jax.experimental import topologies
+        from planner.targets import parse_target, target_devices
 
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        tgt = parse_target(target)
         try:
-            devs = topologies.get_topology_desc(f"{chip[4:]}:{shape}", "tpu").devices
-        except Exception as e:  # noqa: BLE001 - libtpu's own error
-            raise ValueError(f"target={target!r}: the TPU compiler cannot describe it ({e})") from None
+            devs = target_devices(tgt)
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the compiler's own error
+            raise ValueError(f"target={target!r}: the compiler cannot describe it ({e})") from None
         if len(devs) != layout.chips:
             raise ValueError(f"target {target} has {len(devs)} chips, layout {layout.to_string()} needs "
                              f"{layout.chips}; change the degrees or the slice")
         compiled, _ = compile_sharded_step(cfg, layout, batch_size=batch_size, seq_len=seq_len, devices=devs,
-                                           dtype=dtype, compiler_options=TPU_OPTIONS)
-        return compiled.as_text(), _memory(compiled), str(target), "tpu"
+                                           dtype=dtype, compiler_options=TPU_OPTIONS if tgt.platform == "tpu" else None)
+        return compiled.as_text(), _memory(compiled), tgt.name, tgt.platform
     devs = jax.devices()[: layout.chips]
     if len(devs) < layout.chips:
         raise ValueError(f"layout {layout.to_string()} needs {layout.chips} devices, this process has "
@@ -681,7 +709,8 @@ def validate_layout(cfg: TransformerConfig, layout, *, batch_size: int, seq_len:
     Args:
       cfg, layout: the model and its `Layout` (pp = 1: the model has no pipeline stages).
       batch_size, seq_len: the global batch (seq_len None = cfg.seq_len).
-      target: a compile-only TPU slice ("tpu-v5p:2x2x2"; its chips = layout.chips).
+      target: a compile-only target (`planner.targets`): a TPU slice ("tpu-v5p:2x2x2") or GPUs
+        ("h100:8"); its chips = layout.chips.
       devices: an int N runs a simulated CPU mesh of N devices in a subprocess (the XLA flag
         must be set before JAX starts); "local" uses this process's devices.
       dtype: compute dtype ("bf16" default; parameters stay float32).

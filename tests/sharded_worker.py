@@ -158,6 +158,51 @@ def moe_equivalence(cases=MOE_CASES) -> list[dict]:
     return rows
 
 
+#: Rows of benchmarks/collectives.py's grid (its shapes: d_model 128, 2 layers, 64 tokens) the
+#: suite compiles on both targets: learned positions and d_model-wide biases under dp x fsdp x
+#: tp (with XLA:GPU's second MLP gather), an odd vocabulary with tp and sequence parallelism,
+#: and ZeRO-1.
+GRID_ROWS = (
+    ("gpt-bias", "dp=2,fsdp=2,tp=2"),
+    ("odd-vocab", "fsdp=4,tp=2,sequence_parallel=true"),
+    ("llama", "dp=4,tp=2,optimizer_sharding=true"),
+)
+
+
+def grid_configs() -> dict[str, TransformerConfig]:
+    """The grid's configs (benchmarks/collectives.py `grid`)."""
+    base = dict(vocab_size=256, d_model=128, n_layers=2, n_heads=8, d_ff=512, seq_len=64, mlp="swiglu",
+                norm="rmsnorm", position="rope", bias=False, tied_embeddings=True)
+    return {"llama": TransformerConfig(**base),
+            "gpt-bias": TransformerConfig(**{**base, "mlp": "gelu", "norm": "layernorm", "position": "learned",
+                                             "bias": True, "vocab_size": 250}),
+            "odd-vocab": TransformerConfig(**{**base, "vocab_size": 251, "tied_embeddings": False,
+                                              "n_kv_heads": 4, "mlp": "geglu"})}
+
+
+def grid_collectives(targets=("tpu-v5p:2x2x2", "h100:8")) -> list[dict]:
+    """Closed form vs the TPU and GPU compilers (compile-only, 8 chips) on `GRID_ROWS`."""
+    from planner.targets import parse_target, target_devices
+    from planner.validation import TPU_OPTIONS, collective_report, compile_sharded_step
+
+    cfgs = grid_configs()
+    out = []
+    for name in targets:
+        target = parse_target(name)
+        devices = target_devices(target)
+        for label, text in GRID_ROWS:
+            t0 = time.time()
+            lay = Layout.parse(text)
+            compiled, _ = compile_sharded_step(cfgs[label], lay, batch_size=8, seq_len=64, devices=devices,
+                                               compiler_options=TPU_OPTIONS if target.platform == "tpu" else None)
+            rep = collective_report(cfgs[label], lay, compiled.as_text(), batch_size=8, seq_len=64,
+                                    where=target.name, platform=target.platform)
+            print(f"{name} {label} {text}: ok={rep.ok}, worst {100 * rep.max_rel_error:.2f}%, "
+                  f"{time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+            out.append({**rep.to_json(), "target": name, "label": label, "layout": text})
+    return out
+
+
 if __name__ == "__main__":
     if "--moe" in sys.argv or "--moe-all" in sys.argv:
         cases = ([(k, lay) for k in ("dropless", "capacity", "mla") for lay in MOE_LAYOUTS]
@@ -167,4 +212,6 @@ if __name__ == "__main__":
     result = {"equivalence": equivalence(layouts_of_8() if "--all" in sys.argv else TEST_LAYOUTS)}
     if "--tpu" in sys.argv:
         result["tpu"] = tpu_collectives()
+    if "--grid" in sys.argv:
+        result["grid"] = grid_collectives()
     print("RESULT " + json.dumps(result))

@@ -87,6 +87,36 @@ def test_pipeline_stages_split_the_layers_and_send_activations():
     assert {c.bytes for c in sends} == {2 * 1024 * LLAMA.d_model * 2}
 
 
+def test_learned_positions_under_cp_are_gathered_with_their_moments():
+    # each cp shard reads and updates only its rows of the position table: no all-reduce of its
+    # gradient over cp, but the rows of the table and of AdamW's two moments gathered after
+    cfg = TransformerConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=8, d_ff=512, seq_len=64,
+                            mlp="gelu", norm="layernorm", position="learned", bias=False)
+    cs = [c for c in collectives(cfg, Layout.parse("fsdp=4,cp=2"), batch_size=8, dtype="bf16")
+          if c.component == "position"]
+    gathers = [c for c in cs if c.axis == "cp"]
+    assert [(c.kind, c.count, c.bytes, c.phase) for c in gathers] == [("all-gather", 3, 64 * 32 * 4, "optimizer")]
+    assert _sum(cs, axis="fsdp", kind="all-gather") == 32 * 128 * 2  # its t / cp rows, in bf16
+    assert collectives(cfg, Layout.parse("fsdp=4,cp=2"), batch_size=8, dtype="bf16", optimizer_moments=0)
+
+
+def test_compiler_behaviour_options_are_stated():
+    from planner.validation import compiler_behaviour
+
+    cfg = TransformerConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=8, d_ff=512, seq_len=64,
+                            mlp="swiglu", norm="rmsnorm", position="rope", bias=False, tied_embeddings=True)
+    lay = Layout.parse("fsdp=4,tp=2")
+    gpu, tpu = compiler_behaviour("gpu", lay, cfg), compiler_behaviour("tpu", lay, cfg)
+    assert gpu["regather"] == ("mlp_in", "mlp_gate", "mlp_out") and "regather" not in tpu
+    once = collectives(cfg, lay, batch_size=8, dtype="bf16", gather_in_backward=False)
+    twice_mlp = collectives(cfg, lay, batch_size=8, dtype="bf16", **gpu)
+    mlp = 2 * 3 * (128 * 512 // 2) * 2  # 2 layers x 3 matrices, a tp shard, bf16
+    table = 256 // 2 * 128 * (4 - 2)  # the tied table gathered in fp32, not bf16
+    assert _sum(twice_mlp, kind="all-gather", axis="fsdp") - _sum(once, kind="all-gather", axis="fsdp") == mlp + table
+    with pytest.raises(ValueError, match="regather"):
+        collectives(cfg, lay, batch_size=8, regather=("embedding",))
+
+
 def test_wire_bytes_of_a_ring():
     c = Collective("all-reduce", "dp", 4, 1000, 2, "q", "backward", "bf16", "gradients")
     assert c.wire_bytes == 1500 and c.total_wire_bytes == 3000
@@ -118,6 +148,13 @@ def test_replica_group_forms():
     assert replica_groups("replica_groups={{0,2},{1,3}}, x") == [[0, 2], [1, 3]]
     assert replica_groups("replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}, x") == [[0, 2, 4, 6], [1, 3, 5, 7]]
     assert replica_groups("source_target_pairs={{0,1},{1,0}}, x") == [[0, 1], [1, 0]]
+    # a mesh whose devices are not in iota order (XLA:TPU prints it for dp=2,cp=2,tp=2): the
+    # devices iota [2,2,2] transposed (1,0,2) laid on the mesh, grouped along axis_0 -- the cp
+    # axis of that layout's mesh (dp, cp, tp), not all 8 devices
+    text = "replica_groups=mesh['axis_0'=2,'axis_1'=1,'axis_2'=4], device_ids=([2,2,2]T(1,0,2)) {'axis_0'}, x"
+    assert replica_groups(text) == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert group_axes(replica_groups(text), {"pp": 1, "dp": 2, "fsdp": 1, "cp": 2, "tp": 2}) == (("cp",), 2)
+    assert replica_groups("replica_groups=mesh['a'=2,'b'=2], device_ids={0,2,1,3} {'a'}, x") == [[0, 1], [2, 3]]
     mesh = {"pp": 1, "dp": 1, "fsdp": 4, "cp": 1, "tp": 2}
     assert group_axes([[0, 2, 4, 6], [1, 3, 5, 7]], mesh) == (("fsdp",), 4)
     assert group_axes([[0, 1], [2, 3], [4, 5], [6, 7]], mesh) == (("tp",), 2)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def worker():
     env = dict(os.environ, PYTHONPATH=str(ROOT), ALLOW_MULTIPLE_LIBTPU_LOAD="1", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-m", "tests.sharded_worker", "--tpu"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "tests.sharded_worker", "--tpu", "--grid"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
@@ -57,6 +57,32 @@ def test_tpu_collectives_match_the_closed_form(worker):
             assert abs(row["rel_error"]) <= 0.02 or abs(row["compiled_bytes"] - row["predicted_bytes"]) <= 16
     tp = worker["tpu"][0]["axes"]["tp"]
     assert tp["compiled_kinds"] == {"all-reduce": tp["compiled_bytes"]}
+
+
+def test_grid_rows_match_the_closed_form_on_tpu_and_gpu(worker):
+    # benchmarks/collectives.py's grid, three rows on each compiler (XLA:TPU v5p 2x2x2 and
+    # XLA:GPU h100:8, compile-only): learned positions and biases under dp x fsdp x tp, an odd
+    # vocabulary (251, not split over tp) with sequence parallelism, ZeRO-1. Every mesh axis's
+    # bytes per device per step within 2% (or 16 B, the loss's scalar).
+    from tests.sharded_worker import GRID_ROWS
+
+    rows = worker["grid"]
+    assert {(r["target"], r["label"], r["layout"]) for r in rows} == {
+        (t, label, lay) for t in ("tpu-v5p:2x2x2", "h100:8") for label, lay in GRID_ROWS}
+    for r in rows:
+        assert r["ok"], (r["target"], r["layout"], r["axes"])
+        assert len(r["axes"]) >= 2
+        for axis, a in r["axes"].items():
+            assert abs(a["compiled_bytes"] - a["predicted_bytes"]) <= max(16, 0.02 * a["predicted_bytes"]), (
+                r["target"], r["layout"], axis, a)
+    by = {(r["target"], r["layout"]): r for r in rows}
+    # ZeRO-1: the gradients reduce-scattered and the parameters all-gathered over dp
+    zero = by[("tpu-v5p:2x2x2", "dp=4,tp=2,optimizer_sharding=true")]["axes"]["dp"]["compiled_kinds"]
+    assert {"reduce-scatter", "all-gather"} <= set(zero)
+    # the compilers differ and the closed form says how: XLA:GPU gathers the MLP again with tp
+    gpu = by[("h100:8", "dp=2,fsdp=2,tp=2")]["options"]
+    assert gpu["regather"] == ["mlp_in", "mlp_gate", "mlp_out"] and gpu["gather_in_backward"] is False
+    assert by[("tpu-v5p:2x2x2", "dp=2,fsdp=2,tp=2")]["options"]["gather_in_backward"] is True
 
 
 def test_rules_map_logical_axes_to_mesh_axes():

@@ -154,7 +154,7 @@ def get_law(name_or_law: str | ScalingLaw, **overrides) -> ScalingLaw:
     >>> get_law("kaplan")
     Traceback (most recent call last):
     ...
-    ValueError: unknown scaling law 'kaplan'; valid names: chinchilla, chinchilla-rounded, epoch
+    ValueError: unknown scaling law 'kaplan'; valid names: chinchilla, chinchilla-rounded, epoch, krajewski-dense
     """
     if isinstance(name_or_law, ScalingLaw):
         law = name_or_law

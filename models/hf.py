@@ -153,15 +153,20 @@ def _activation(r: _Reader, key, gated: bool, default=...):
     r.set("mlp", table[name], source)
 
 
-def _common_llama(r: _Reader, *, tied_default: bool, gated: bool = True, act_key=("hidden_act",),
-                  act_default: Any = "silu", eps_key="rms_norm_eps") -> None:
-    """The fields Llama and its descendants share (LlamaConfig's names)."""
+def _llama_sizes(r: _Reader) -> None:
+    """The six sizes under LlamaConfig's names (Llama, its descendants, GPT-NeoX)."""
     r.take("vocab_size", "vocab_size", conv=_int("vocab_size"))
     r.take("d_model", "hidden_size", conv=_int("hidden_size"))
     r.take("n_layers", "num_hidden_layers", conv=_int("num_hidden_layers"))
     r.take("n_heads", "num_attention_heads", conv=_int("num_attention_heads"))
     r.take("d_ff", "intermediate_size", conv=_int("intermediate_size"))
     r.take("seq_len", "max_position_embeddings", conv=_int("max_position_embeddings"))
+
+
+def _common_llama(r: _Reader, *, tied_default: bool, gated: bool = True, act_key=("hidden_act",),
+                  act_default: Any = "silu", eps_key="rms_norm_eps") -> None:
+    """The fields Llama and its descendants share (LlamaConfig's names)."""
+    _llama_sizes(r)
     kv = r.get("num_key_value_heads", None)
     r.set("n_kv_heads", None if kv is None or kv == r.fields["n_heads"] else _int("num_key_value_heads")(kv),
           "num_key_value_heads")
@@ -224,12 +229,7 @@ def _map_gpt2(r: _Reader) -> None:
 
 
 def _map_gpt_neox(r: _Reader) -> None:
-    r.take("vocab_size", "vocab_size", conv=_int("vocab_size"))
-    r.take("d_model", "hidden_size", conv=_int("hidden_size"))
-    r.take("n_layers", "num_hidden_layers", conv=_int("num_hidden_layers"))
-    r.take("n_heads", "num_attention_heads", conv=_int("num_attention_heads"))
-    r.take("d_ff", "intermediate_size", conv=_int("intermediate_size"))
-    r.take("seq_len", "max_position_embeddings", conv=_int("max_position_embeddings"))
+    _llama_sizes(r)
     r.take("norm_eps", "layer_norm_eps", 1e-5, conv=float)
     r.take("rope_theta", ("rotary_emb_base", "rope_theta"), 10000.0, conv=float)
     r.take("rotary_fraction", ("rotary_pct", "partial_rotary_factor"), 1.0, conv=float)

@@ -37,6 +37,22 @@ def _is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def _positive_constants(law, fields) -> None:
+    """Check and store each of a frozen law's ``fields`` as a positive, finite Python float."""
+    kind = type(law).__name__
+    for name in fields:
+        value = getattr(law, name)
+        try:
+            if isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0:
+                raise TypeError
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{kind}: {name}={value!r} must be a real number") from None
+        if not (math.isfinite(number) and number > 0):
+            raise ValueError(f"{kind}: {name}={value!r} must be positive and finite")
+        object.__setattr__(law, name, number)
+
+
 @dataclasses.dataclass(frozen=True)
 class ScalingLaw:
     """L(N, D) = E + A / N**alpha + B / D**beta (Hoffmann et al. 2022, Eq. 2).
@@ -64,17 +80,7 @@ class ScalingLaw:
     params: str = "total"
 
     def __post_init__(self):
-        for name in LAW_FIELDS:
-            value = getattr(self, name)
-            try:
-                if isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0:
-                    raise TypeError
-                number = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"ScalingLaw: {name}={value!r} must be a real number") from None
-            if not (math.isfinite(number) and number > 0):
-                raise ValueError(f"ScalingLaw: {name}={value!r} must be positive and finite")
-            object.__setattr__(self, name, number)
+        _positive_constants(self, LAW_FIELDS)
         if self.params not in PARAM_CONVENTIONS:
             raise ValueError(f"ScalingLaw: params={self.params!r} is not one of "
                              f"{', '.join(map(repr, PARAM_CONVENTIONS))}")
@@ -206,17 +212,7 @@ class MoEScalingLaw:
     params: str = "non_embedding_total"
 
     def __post_init__(self):
-        for name in MOE_LAW_FIELDS:
-            value = getattr(self, name)
-            try:
-                if isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0:
-                    raise TypeError
-                number = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"MoEScalingLaw: {name}={value!r} must be a real number") from None
-            if not (math.isfinite(number) and number > 0):
-                raise ValueError(f"MoEScalingLaw: {name}={value!r} must be positive and finite")
-            object.__setattr__(self, name, number)
+        _positive_constants(self, MOE_LAW_FIELDS)
         if isinstance(self.expansion, bool) or not isinstance(self.expansion, int) or self.expansion < 1:
             raise ValueError(f"MoEScalingLaw: expansion={self.expansion!r} must be a positive int")
 

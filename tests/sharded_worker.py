@@ -46,6 +46,18 @@ TEST_LAYOUTS = ("fsdp=8", "tp=8", "dp=2,fsdp=2,tp=2,sequence_parallel=true", "fs
                 "dp=2,cp=4")
 
 
+def run_sharded(state, tokens, lay: Layout):
+    """Shard a copy of ``state`` over ``lay``'s mesh, compile its step once and run it on
+    ``tokens`` (inputs and next-token targets): (sharded state, compiled step, its outputs)."""
+    copy = lambda tree: jax.tree.map(jnp.array, tree)  # noqa: E731  (the step donates its inputs)
+    mesh = sharding.make_mesh(lay, jax.devices()[: lay.chips])
+    sharded = sharding.shard_train_state(state._replace(params=copy(state.params),
+                                                        opt_state=copy(state.opt_state)), mesh, lay)
+    step = sharding.sharded_train_step(sharded, mesh, lay)
+    compiled = step.lower(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:]).compile()
+    return sharded, compiled, compiled(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:])
+
+
 def equivalence(layouts=TEST_LAYOUTS) -> list[dict]:
     # GQA (kv heads 8 = tp max), gated MLP, biases, an untied head, a vocabulary tp=8 does not divide.
     cfg = TransformerConfig(vocab_size=60, d_model=32, n_layers=1, n_heads=8, d_ff=64, seq_len=16,
@@ -62,13 +74,8 @@ def equivalence(layouts=TEST_LAYOUTS) -> list[dict]:
     for text in layouts:
         t0 = time.time()
         lay = Layout.parse(text)
-        mesh = sharding.make_mesh(lay, jax.devices()[: lay.chips])
-        sharded = sharding.shard_train_state(state._replace(params=copy(state.params),
-                                                            opt_state=copy(state.opt_state)), mesh, lay)
-        step = sharding.sharded_train_step(sharded, mesh, lay)
         # one compile: run the compiled program, and read its per-device dots
-        compiled = step.lower(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:]).compile()
-        params, _, loss = compiled(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:])
+        sharded, compiled, (params, _, loss) = run_sharded(state, tokens, lay)
         diff = max(float(jnp.max(jnp.abs(a - b)))
                    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
         n_sharded = sum(1 for leaf in jax.tree.leaves(params)
@@ -137,12 +144,7 @@ def moe_equivalence(cases=MOE_CASES) -> list[dict]:
                                     graphdef=state.graphdef, tx=tx)
         for text in layouts:
             lay = Layout.parse(text)
-            mesh = sharding.make_mesh(lay, jax.devices()[: lay.chips])
-            sharded = sharding.shard_train_state(state._replace(params=copy(state.params),
-                                                                opt_state=copy(state.opt_state)), mesh, lay)
-            step = sharding.sharded_train_step(sharded, mesh, lay)
-            compiled = step.lower(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:]).compile()
-            _, _, loss = compiled(sharded.params, sharded.opt_state, tokens[:, :-1], tokens[:, 1:])
+            sharded, compiled, (_, _, loss) = run_sharded(state, tokens, lay)
             w_in = sharded.params["layers"][cfg.n_layers - 1]["mlp"]["w_in"]
             text_hlo = compiled.as_text()
             from planner.flops import per_device_dot_flops

@@ -95,6 +95,28 @@ class OffsetNorm(nnx.Module):
         return y if self.bias is None else y + self.bias[...].astype(x.dtype)
 
 
+@jax.custom_vjp
+def head_gradients_together(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Identity on the head's input and weight whose backward pass ties their gradients
+    together (``lax.optimization_barrier``): the layers' backward cannot start before the
+    head's weight gradient is computed, so the logits (or their gradient) die at the start of
+    the backward pass. Without it the TPU compiler deferred the head's weight gradient, fused
+    into its optimizer update, to the end of the step and kept the (batch x seq x vocab) logits
+    live through every layer's backward."""
+    return x, w
+
+
+def _head_fwd(x, w):
+    return (x, w), None
+
+
+def _head_bwd(_, g):
+    return jax.lax.optimization_barrier(g)
+
+
+head_gradients_together.defvjp(_head_fwd, _head_bwd)
+
+
 def softcap(x: jax.Array, cap: float) -> jax.Array:
     """cap * tanh(x / cap): Gemma 2's soft-capping of attention scores and logits."""
     return cap * jnp.tanh(x / cap)
@@ -118,6 +140,7 @@ class Attention(nnx.Module):
         layout = Layout() if layout is None else layout
         self.kind, self.remat = layout.attention, layout.remat
         self.flash_kernel = layout.flash_kernel
+        self.cp = layout.cp
         qkv_bias = cfg.resolved_qkv_bias
         lin = functools.partial(_linear, dtype=dtype, rngs=rngs)
         self.q = lin(cfg.d_model, h * hd, "embed", "heads", bias=qkv_bias)
@@ -176,26 +199,49 @@ class Attention(nnx.Module):
                 out = flash_kernel_attention(q, k, v, kernel=self.flash_kernel).reshape(b, t, self.n_heads * hd)
         else:
             out = _core_attention(q, k, v, softcap_at=self.attn_softcap,
-                                  window=(t if window is None else window) if self.windowed else None)
+                                  window=(t if window is None else window) if self.windowed else None,
+                                  fold_groups=self.cp == 1)
         # "context": the attention output, a residual the "selective" policy keeps (REMAT_POLICIES)
         out = constrain(checkpoint_name(out, "context"), "hidden")
         with scope("attn_out"):
             return self.o(out)
 
 
-def _core_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, softcap_at=None, window=None) -> jax.Array:
+def _core_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, softcap_at=None, window=None,
+                    fold_groups: bool = True) -> jax.Array:
     """Causal softmax(q k^T / sqrt(hd)) v with the (t x t) scores materialised (the dot path);
-    ``softcap_at`` caps the scores (Gemma 2), ``window`` limits how far back a query sees."""
+    ``softcap_at`` caps the scores (Gemma 2), ``window`` limits how far back a query sees.
+
+    With grouped-query attention (g = H / K query heads per key head) and ``fold_groups``, the
+    g query heads of a key head are folded into its query rows ((b, K, g t, s) scores), so
+    every product is a plain batched matmul over (batch, kv head), as the backward pass's
+    P^T dO contracts one dimension, not two. Same products, same FLOPs; the TPU compiler then
+    keeps one copy of the softmax output per layer, where the unfolded (b, K, g, t, s) form
+    made it keep a second, transposed one (21% more peak memory on a kv-2-of-8-heads shape,
+    benchmarks/memory.py). Context parallelism shards t, which cannot fold into g t: the
+    model passes ``fold_groups=False`` then.
+    """
     b, t, kv, g, hd = q.shape
+    fold = fold_groups and g > 1
+    rows = g * t if fold else t
     with scope("attn_scores"):
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (1.0 / math.sqrt(hd))
+        if fold:
+            qg = jnp.einsum("btkgd->bkgtd", q).reshape(b, kv, rows, hd)
+            scores = jnp.einsum("bkqd,bskd->bkqs", qg, k) * (1.0 / math.sqrt(hd))
+        else:
+            scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (1.0 / math.sqrt(hd))
         if softcap_at is not None:
             scores = softcap(scores, softcap_at)
         causal = jnp.tril(jnp.ones((t, t), dtype=bool)) if window is None else window_mask(t, window)
+        if fold:
+            causal = jnp.tile(causal, (g, 1))
         scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
     with scope("softmax"):
         probs = jax.nn.softmax(scores, axis=-1)
     with scope("attn_values"):
+        if fold:
+            out = jnp.einsum("bkqs,bskd->bkqd", probs, v).reshape(b, kv, g, t, -1)
+            return jnp.einsum("bkgtd->btkgd", out).reshape(b, t, -1)
         return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, -1)  # v's width may differ (MLA)
 
 
@@ -439,7 +485,17 @@ class Transformer(nnx.Module):
         with scope("norms"):
             x = self.final_norm(x)
         with scope("logits"):
-            logits = (jnp.dot(x, table.T.astype(x.dtype)) if self.head is None else self.head(x))
+            if self.head is None:
+                x, w = head_gradients_together(x, table.T.astype(x.dtype))
+                logits = jnp.dot(x, w)
+            else:  # nnx.Linear's arithmetic, with the tie between its two gradients
+                head = self.head
+                bias = None if head.bias is None else head.bias[...]
+                x, w, bias = head.promote_dtype((x, head.kernel[...], bias), dtype=head.dtype)
+                x, w = head_gradients_together(x, w)
+                logits = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+                if bias is not None:
+                    logits = logits + jnp.reshape(bias, (1,) * (logits.ndim - 1) + (-1,))
             logits = logits if cfg.final_softcap is None else softcap(logits, cfg.final_softcap)
             logits = constrain(logits, "logits")
         if not return_aux:

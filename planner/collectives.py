@@ -278,9 +278,8 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
         copies the compiler keeps for the backward (which starts with them, right after the
         forward) instead of gathering them again. None = what XLA:TPU does (measured): all of
         the MLP's for a gated MLP, ``mlp_out`` alone for a plain one; () = gather all again.
-      sp_regather: with ``sequence_parallel``, the backward all-gathers the head's input and the
-        two block inputs of every layer but the last again (XLA:TPU, measured) rather than
-        keeping the forward's.
+      sp_regather: with ``sequence_parallel``, the backward all-gathers the two block inputs of
+        every layer but the last again (XLA:TPU, measured) rather than keeping the forward's.
       regather: components FSDP gathers again for the backward although ``gather_in_backward``
         is False (XLA:GPU with tp > 1 gathers the MLP's matrices a second time, in the layout
         of the backward's products; measured).
@@ -491,10 +490,10 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
         if sp:
             add("all-gather", ("tp",), act * e, steps, "embedding", "backward", dtype, "activations")
             if sp_regather:
-                # the head's input and one block input per layer are gathered again for the
-                # weight gradients instead of being kept (Korthikanti et al. 2022, Sec. 4.2.2,
-                # make the same trade in Megatron)
-                add("all-gather", ("tp",), act * e, steps, "logits", "backward", dtype, "activations")
+                # block inputs are gathered again for the weight gradients instead of being kept
+                # (Korthikanti et al. 2022, Sec. 4.2.2, make the same trade in Megatron); the
+                # head's input is not: its weight gradient is taken at once, while the forward's
+                # gathered copy is live (models.transformer.head_gradients_together);
                 # both block inputs of every layer but the last, whose backward follows the
                 # forward at once (measured with 2 and 3 layers: 2 and 4 gathers)
                 add("all-gather", ("tp",), act * e, 2 * (layers - 1) * steps, "block_input", "backward", dtype,

@@ -444,7 +444,9 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
     transient = sum(trans.values())
     # Two phases of the backward pass peak one after the other, not together: the loss (the
     # logits and their gradient) and then each layer's backward (its transient). Every saved
-    # activation is live in both.
+    # activation is live in both. The model makes it so: the head's weight gradient is taken
+    # before the layers' backward starts (models.transformer.head_gradients_together); left to
+    # itself the TPU compiler deferred it and kept the logits live through every layer.
     phases = {f"layer_{k}": v for k, v in trans.items()}
     phases["loss_logits"] = logits
     b["peak_phase"] = _max(transient, logits)

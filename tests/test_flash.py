@@ -68,7 +68,7 @@ def test_every_layout_gives_the_same_loss_and_gradients(text):
     lay = Layout.parse(text)
     has_remat = "checkpoint" in str(jaxpr) or "remat" in str(jaxpr)
     assert has_remat == (lay.remat != "none")
-    assert ("custom_vjp_call" in str(jaxpr)) == (lay.attention == "flash")
+    assert ("name=_flash" in str(jaxpr)) == (lay.attention == "flash")  # models.flash's custom VJP
 
 
 def test_bad_layout_argument_is_named():
@@ -129,3 +129,32 @@ def test_pallas_kernel_refuses_context_parallel_and_short_blocks():
     with pytest.raises(ValueError, match="valid: jax, pallas"):
         attention(q, k, k, kernel="cudnn")
     assert pallas_block_sizes(4096).block_q == 512 and pallas_block_sizes(256).block_k == 256
+
+
+@pytest.mark.parametrize("options", [{}, {"softcap_at": 5.0}, {"window": 9}])
+def test_folded_groups_equal_the_grouped_scores(options):
+    """_core_attention's folded grouped-query form ((b, K, g t, s) scores) computes the same
+    attention and gradients as the (b, K, g, t, s) form context parallelism keeps."""
+    q, k, v = _qkv(g=4)
+    w = jax.random.normal(jax.random.PRNGKey(3), (2, 64, 2 * 4 * 16))
+    loss = lambda fold: lambda *a: (_core_attention(*a, fold_groups=fold, **options) * w).sum()  # noqa: E731
+    np.testing.assert_allclose(_core_attention(q, k, v, fold_groups=True, **options),
+                               _core_attention(q, k, v, fold_groups=False, **options), atol=2e-6)
+    for a, b in zip(jax.grad(loss(True), (0, 1, 2))(q, k, v), jax.grad(loss(False), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_head_gradients_together_is_the_identity_with_the_same_gradients():
+    """The tie between the head's two gradients (an optimization barrier in its backward pass)
+    changes no value: the model's head gives x @ w and its gradients, and the barrier is in the
+    backward program."""
+    from models.transformer import head_gradients_together
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 5, 8))
+    w = jax.random.normal(jax.random.PRNGKey(2), (8, 11))
+    tied = lambda x, w: jnp.sin(jnp.dot(*head_gradients_together(x, w))).sum()  # noqa: E731
+    plain = lambda x, w: jnp.sin(jnp.dot(x, w)).sum()  # noqa: E731
+    np.testing.assert_allclose(tied(x, w), plain(x, w), rtol=1e-6)
+    for a, b in zip(jax.grad(tied, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert "optimization_barrier" in str(jax.make_jaxpr(jax.grad(tied, (0, 1)))(x, w))

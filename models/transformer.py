@@ -223,11 +223,10 @@ def _core_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, softcap_at=None
     """
     b, t, kv, g, hd = q.shape
     fold = fold_groups and g > 1
-    rows = g * t if fold else t
     with scope("attn_scores"):
-        if fold:
-            qg = jnp.einsum("btkgd->bkgtd", q).reshape(b, kv, rows, hd)
-            scores = jnp.einsum("bkqd,bskd->bkqs", qg, k) * (1.0 / math.sqrt(hd))
+        if fold:  # (b, t, K, g, hd) -> (b, K, g t, hd): each kv head's query groups become rows
+            q = jnp.einsum("btkgd->bkgtd", q).reshape(b, kv, g * t, hd)
+            scores = jnp.einsum("bkqd,bskd->bkqs", q, k) * (1.0 / math.sqrt(hd))
         else:
             scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (1.0 / math.sqrt(hd))
         if softcap_at is not None:
@@ -238,11 +237,11 @@ def _core_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, softcap_at=None
         scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
     with scope("softmax"):
         probs = jax.nn.softmax(scores, axis=-1)
-    with scope("attn_values"):
+    with scope("attn_values"):  # v's width may differ from hd (MLA)
         if fold:
             out = jnp.einsum("bkqs,bskd->bkqd", probs, v).reshape(b, kv, g, t, -1)
             return jnp.einsum("bkgtd->btkgd", out).reshape(b, t, -1)
-        return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, -1)  # v's width may differ (MLA)
+        return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, -1)
 
 
 #: Layout.remat -> the jax.checkpoint policy each block is wrapped in ("none" wraps nothing).
@@ -485,17 +484,15 @@ class Transformer(nnx.Module):
         with scope("norms"):
             x = self.final_norm(x)
         with scope("logits"):
-            if self.head is None:
-                x, w = head_gradients_together(x, table.T.astype(x.dtype))
-                logits = jnp.dot(x, w)
-            else:  # nnx.Linear's arithmetic, with the tie between its two gradients
-                head = self.head
-                bias = None if head.bias is None else head.bias[...]
-                x, w, bias = head.promote_dtype((x, head.kernel[...], bias), dtype=head.dtype)
-                x, w = head_gradients_together(x, w)
-                logits = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
-                if bias is not None:
-                    logits = logits + jnp.reshape(bias, (1,) * (logits.ndim - 1) + (-1,))
+            # the tied table or the untied head's kernel (and bias), with the tie between the
+            # head's two gradients (head_gradients_together)
+            head = self.head
+            w = table.T if head is None else head.kernel[...]
+            bias = None if head is None or head.bias is None else head.bias[...]
+            x, w = head_gradients_together(x, w.astype(x.dtype))
+            logits = jnp.dot(x, w)
+            if bias is not None:
+                logits = logits + bias.astype(x.dtype)
             logits = logits if cfg.final_softcap is None else softcap(logits, cfg.final_softcap)
             logits = constrain(logits, "logits")
         if not return_aux:

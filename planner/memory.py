@@ -6,7 +6,7 @@ sizes, batch and sequence may be traced; nothing branches on a traced value).
 
 A step of `models.train_step` under a `models.Layout` holds, per chip (`estimate_memory`):
 
-- **state**: parameters (``param_dtype``), gradients (``param_dtype``), AdamW's two moments (in
+- **state**: parameters (``param_dtype``), gradients (see below), AdamW's two moments (in
   the dtype of the weights the optimizer holds: fp32 with ``master_fp32``), the fp32 master copy,
   and with gradient accumulation an fp32 accumulator. Divided by the mesh: ``fsdp`` shards all of
   it (ZeRO-3; Rajbhandari et al. 2020, Sec. 5), ``optimizer_sharding`` shards the optimizer
@@ -20,10 +20,19 @@ A step of `models.train_step` under a `models.Layout` holds, per chip (`estimate
   largest gradient intermediates, the flash-attention working set.
 - **logits**: the head's output and its gradient (vocabulary-parallel over ``tp``); the loss
   phase peaks before any layer's backward, so the larger of the two phases counts.
+- **gradients**: the compiled step ("xla" bookkeeping) fuses each weight's gradient into its
+  AdamW update as the backward produces it, so at the peak it holds one: the head's (the tied
+  table's), in the compute dtype its matmul writes. Eager autodiff ("korthikanti": Megatron-LM's
+  gradient buffer) holds every weight's, in ``param_dtype``.
+
+The TPU compiler's temp memory is the size of its heap, a packing of buffers with different
+lifetimes, 1-28% above the live peak this module sums (measured on `benchmarks/memory.py`'s
+shapes); that packing is the remaining gap, not modelled.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -33,6 +42,18 @@ from models.config import TransformerConfig, check_size
 from models.flash import DEFAULT_BLOCK
 from models.layout import Layout
 from planner.params import count_params, param_components, promote, require_config
+
+#: The TPU's vector width: a TPU array's minor dimension is stored in tiles of 128 lanes.
+LANES = 128
+
+
+def lane_padded(n):
+    """``n`` rounded up to a whole number of 128-lane tiles: the bytes a TPU array whose minor
+    dimension is ``n`` occupies (its (8, 128) memory tiling; head_dim 64 takes 128 lanes)."""
+    if isinstance(n, (int, float)):
+        return LANES * math.ceil(n / LANES)
+    return LANES * jnp.ceil(n / LANES)
+
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 FP32 = 4
@@ -190,12 +211,16 @@ def fused_activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout
     output (recomputed from the residual it normalises, inside the q/k/v or MLP matmul's operand
     fusion), the MLP activation's output (recomputed from the pre-activation inside the down
     projection's fusion) and QK-norm's output. What stays: the two residual-stream values (2d),
-    q and k, v, the attention output, the MLP's pre-activation(s) (1 ff, or 2 gated), the softmax
-    output (dot attention) or the flash log-sum-exp, and each norm beyond two's input. The
-    Pallas TPU kernel (``flash_kernel="pallas"``) keeps its own residuals
+    q and k, v, the attention output, the MLP's pre-activation (1 ff; a gated MLP 3 ff: the gate
+    and up projections and their product, the down projection's input, which the compiler writes
+    as a second output of the up projection's fusion and keeps for the down projection's weight
+    gradient), the softmax output (dot attention) or the flash log-sum-exp, and each norm beyond
+    two's input. The Pallas TPU kernel (``flash_kernel="pallas"``) keeps its own residuals
     (`jax.experimental.pallas.ops.tpu.flash_attention`, ``_flash_attention_fwd``): q, and keys
-    and values repeated to all H heads, in its (batch, heads, seq, head_dim) layout; its output,
-    beside the transposed copy the output projection reads (2 H hd); and the row statistics l
+    and values repeated to all H heads, and its output, in its (batch, heads, seq, head_dim)
+    layout, whose minor dimension the TPU stores in whole 128-lane tiles (`lane_padded`: head_dim
+    64 takes 128); the transposed copy of the output the output projection reads (H hd, the
+    sequence minor, unpadded); and the row statistics l
     and m as the kernel writes them, fp32 broadcast over 128 lanes (``MIN_BLOCK_SIZE``): the
     residuals slice lane 0, but the custom call's 128-lane outputs stay live (2 x 128 H fp32 per
     token; the TPU compiler's buffer assignment).
@@ -204,13 +229,14 @@ def fused_activation_elements(cfg: TransformerConfig, seq_len, *, layout: Layout
     d, ff = cfg.d_model, _token_mlp_width(cfg)
     h, hd = cfg.n_heads, cfg.resolved_head_dim
     tp, sp = layout.tp, layout.tp if layout.sequence_parallel else 1
-    out = {**out, "norm_out": 0, "mlp": (2 if cfg.gated else 1) * ff / tp, "qk_norm": 0,
+    out = {**out, "norm_out": 0, "mlp": (3 if cfg.gated else 1) * ff / tp, "qk_norm": 0,
            "extra_norms": d * (cfg.norms_per_layer - 2) / sp}
     if cfg.is_mla:  # the latents' norm inputs, not their outputs
         out["latent"] = (cfg.q_lora_rank or 0) + cfg.kv_lora_rank + cfg.qk_rope_head_dim
     if layout.attention == "flash" and layout.flash_kernel == "pallas":
-        out = {**out, "qk": 2 * h * hd / tp, "v": h * hd / tp, "context": 2 * h * hd / tp,
-               "lse": 2 * 128 * h / tp}
+        hdp = lane_padded(hd)
+        out = {**out, "qk": 2 * h * hdp / tp, "v": h * hdp / tp, "context": h * (hdp + hd) / tp,
+               "lse": 2 * LANES * h / tp}
     return out
 
 
@@ -280,23 +306,32 @@ def activation_bytes_per_layer(cfg: TransformerConfig, batch_size, seq_len, *, d
                   batch_size * seq_len, act)
 
 
+#: Activation kinds of the MLP (or MoE) sub-layer, back-propagated before the attention's.
+_MLP_KINDS = ("mlp", "moe")
+
+
 def transient_bytes(cfg: TransformerConfig, micro_batch, seq_len, *, layout: Layout,
                     block_size: int = DEFAULT_BLOCK, dropout: bool = False,
                     bookkeeping: str = "xla") -> dict[str, Any]:
     """The peak of the one layer being back-propagated, beyond what every layer keeps (bytes).
 
     - ``recompute``: what the layer re-materialises before its backward (all of the starting
-      set of `saved_activation_elements` it did not save; for "selective" the scores again);
+      set of `saved_activation_elements` it did not save; for "selective" the scores again) and
+      still holds at its peak. The MLP's backward runs first and frees the MLP's share before
+      the attention's backward makes its working set, so that share counts only where the MLP's
+      sub-phase is the larger (the TPU compiler's buffer assignment);
     - ``score_grad``: dot attention: (t x t) tensors per head in the compute dtype: "xla" two,
       the gradient of the softmax output dP and of the scores dS, both live beside P (the TPU
       compiler's buffer assignment); "korthikanti" one (the softmax backward in place);
     - ``flash``: flash attention's working set (Dao et al. 2022, Algorithm 2): four fp32 score
       blocks (S, P, dP, dS) of block x block per head, the fp32 dQ accumulator (H hd per
       token), the fp32 row statistics D (H per token) and the fp32 dK, dV block accumulators.
-      The Pallas TPU kernel keeps its blocks in VMEM; in HBM its backward pass holds the row
-      statistics broadcast to 128 lanes for its dK/dV and dQ kernels (four 128-lane fp32
-      tensors per head and token, ``MIN_BLOCK_SIZE`` in
-      `jax.experimental.pallas.ops.tpu.flash_attention`) and dQ, dK, dV for all H heads.
+      The Pallas TPU kernel keeps its blocks in VMEM; in HBM its backward holds the row
+      statistics broadcast over lanes, fp32 (`jax.experimental.pallas.ops.tpu.flash_attention`,
+      ``_flash_attention_bwd_dkv`` and ``_bwd_dq``): l and m over 128 lanes (``MIN_BLOCK_SIZE``)
+      for both passes, and D over 128 lanes for the dK/dV pass, then over ``block_k_major``
+      lanes (the block, 512) for the dQ pass, after the first is freed; and dQ, dK, dV for all
+      H heads, head_dim lane-padded (`lane_padded`).
     - ``layer_grads``: the residual-stream gradient entering and leaving the layer, 2d per token.
     """
     _check_bookkeeping(bookkeeping)
@@ -309,15 +344,19 @@ def transient_bytes(cfg: TransformerConfig, micro_batch, seq_len, *, layout: Lay
     recompute = {k: full[k] - saved[k] for k in full}
     h, kv, hd = cfg.n_heads / layout.tp, cfg.resolved_n_kv_heads / layout.tp, cfg.resolved_head_dim
     sp = layout.tp if layout.sequence_parallel else 1
-    out = {"recompute": _bytes(recompute, tokens, act), "score_grad": 0, "flash": 0,
+    out = {"recompute": 0, "score_grad": 0, "flash": 0,
            "layer_grads": 2 * tokens * cfg.d_model / sp * act}
     if layout.attention == "dot":
         out["score_grad"] = (2 if bookkeeping == "xla" else 1) * tokens * h * seq_len * act
     elif layout.flash_kernel == "pallas":
-        out["flash"] = tokens * h * (4 * 128 * FP32 + 3 * hd * act)
+        out["flash"] = tokens * h * ((2 * LANES + _max(LANES, _min(block_size, s))) * FP32 + 3 * lane_padded(hd) * act)
     else:
         blk = _min(block_size, s)
         out["flash"] = FP32 * (4 * b * h * blk * blk + tokens * h * hd + tokens * h + 2 * b * blk * kv * hd)
+    # The MLP's backward runs first and frees its re-materialised tensors before the attention's
+    # backward makes its working set: the two sub-phases peak apart.
+    mlp = _bytes({k: recompute[k] for k in _MLP_KINDS}, tokens, act)
+    out["recompute"] = _bytes(recompute, tokens, act) - mlp + _max(mlp - out["score_grad"] - out["flash"], 0)
     return out
 
 
@@ -345,6 +384,14 @@ def _split_params(cfg: TransformerConfig, layout: Layout) -> dict[str, Any]:
         fsdp_rest = 1 if "fsdp" in ep_axes else layout.fsdp
         experts = comps["experts"] / (layout.tp * layout.ep * fsdp_rest * layout.pp)
     return {"layers": (layers / layout.tp + norms) / layout.pp, "tables": tables / layout.tp, "experts": experts}
+
+
+def _head_gradient(cfg: TransformerConfig, layout: Layout, act: int) -> Any:
+    """The head's weight gradient (the tied table's, tied) in the compute dtype, per chip: the
+    one gradient the compiled step holds through the layers' backward (see `estimate_memory`).
+    Whole over ``fsdp`` (each chip's partial sum before the reduce-scatter), vocabulary-parallel
+    over ``tp``."""
+    return cfg.vocab_size * cfg.d_model / layout.tp * act
 
 
 def _in_flight(layout: Layout, micro_batches) -> Any:
@@ -393,8 +440,13 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
     (`_in_flight`), plus the transient of the layer being back-propagated (`transient_bytes`),
     or, if larger, the loss phase: micro x seq x vocab / tp logits in the compute dtype, once
     ("xla": the compiler writes their gradient in place or computes it inside the head's
-    backward matmuls) or twice ("korthikanti": logits and gradient). The step donates its parameters and optimizer state, so the updated ones
-    reuse their buffers. ``breakdown`` lists every term.
+    backward matmuls) or twice ("korthikanti": logits and gradient), and with tied embeddings
+    ("xla") the table's compute-dtype copy the head reads. ``grads``: "xla", the head's weight
+    gradient in the compute dtype (`_head_gradient`), the one the compiled step holds through
+    both phases (the head's AdamW update waits for the end of the step; every other gradient
+    is fused into its update as it is made); "korthikanti", every weight's. The step donates
+    its parameters and optimizer state, so the updated ones reuse their buffers. ``breakdown``
+    lists every term.
     """
     require_config(cfg)
     layout = _resolve_layout(layout, chips=chips, dtype=dtype, param_dtype=param_dtype,
@@ -426,7 +478,7 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
         isinstance(steps, (int, float)) and steps <= 1)
     b = {
         "params": local_params * pbytes,
-        "grads": local_params * pbytes,
+        "grads": local_params * pbytes if bookkeeping == "korthikanti" else _head_gradient(cfg, layout, act),
         "moments": 2 * local_params * opt_bytes / opt_share,
         "master": local_params * FP32 / opt_share if master else 0,
         "accumulation": local_params * FP32 if accumulating else 0,
@@ -441,6 +493,8 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
     trans = transient_bytes(cfg, micro, seq_len, layout=layout, block_size=block_size, dropout=dropout,
                             bookkeeping=bookkeeping)
     logits = (1 if bookkeeping == "xla" else 2) * tokens * cfg.vocab_size / layout.tp * act
+    if bookkeeping == "xla" and cfg.tied_embeddings:  # the table's compute-dtype copy the head reads
+        logits = logits + cfg.vocab_size * cfg.d_model / layout.tp / layout.fsdp * act
     transient = sum(trans.values())
     # Two phases of the backward pass peak one after the other, not together: the loss (the
     # logits and their gradient) and then each layer's backward (its transient). Every saved

@@ -343,10 +343,10 @@ def lower_sharded_step(cfg, layout: Layout, *, batch_size: int, seq_len: int, de
     dtype = jnp.float32 if dtype is None else dtype
     layout.check(cfg, batch_size=batch_size, seq_len=seq_len)
     mesh = make_mesh(layout, devices)
-    graphdef, params = nnx.split(abstract_model(cfg, scan_layers=scan_layers, dtype=dtype), nnx.Param)
+    graphdef, params = nnx.split(abstract_model(cfg, scan_layers=scan_layers, dtype=dtype, layout=layout), nnx.Param)
     tx = adamw()
     state = TrainState(graphdef, params, jax.eval_shape(tx.init, params), tx)
-    step = sharded_train_step(state, mesh, layout, rules, donate=False,
+    step = sharded_train_step(state, mesh, layout, rules, donate=True,
                               micro_batches=layout.accumulation_steps(batch_size))
     tokens = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
     return step.lower(state.params, state.opt_state, tokens, tokens), mesh

@@ -360,8 +360,9 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
 
     # --- weights: FSDP gathers, gradient reductions, ZeRO-1 --------------------------------
     data_axes = ("dp", "fsdp", "cp")
-    if keep_last_gathered is None:
-        keep_last_gathered = ("mlp_in", "mlp_gate", "mlp_out") if cfg.gated else ("mlp_out",)
+    if keep_last_gathered is None:  # a rematerialised last layer gathers them again (measured)
+        keep_last_gathered = () if lay.remat != "none" else \
+            ("mlp_in", "mlp_gate", "mlp_out") if cfg.gated else ("mlp_out",)
     params = parameters(cfg, layers)
     for p in params:
         sharded = _sharded_axes(p, lay)
@@ -385,6 +386,9 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
                         and not cfg.is_moe):
                     count = (p.copies - 1) * steps
                 add("all-gather", ("fsdp",), gathered * ag_e, count, component, phase, ag_dt, "weights")
+            if again and gather_in_backward and lay.remat == "full" and p.component in RECOMPUTE_GATHERED:
+                add("all-gather", ("fsdp",), gathered * ag_e, p.copies * steps, component, "backward", ag_dt,
+                    "weights")
         if not train:
             continue
         if rows_cp:
@@ -463,8 +467,10 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
         pairs = [("all-reduce", "attn_out", "forward"), ("all-reduce", "mlp_out", "forward")]
         if train:
             pairs += [("all-reduce", "qkv", "backward"), ("all-reduce", "mlp_in", "backward")]
+    if train:
+        pairs += recomputed_tp_collectives(lay)
     for kind, comp, phase in pairs:
-        block_input = kind == "all-gather" and phase == "forward"  # the normed input, as the norm left it
+        block_input = kind == "all-gather" and comp in ("qkv", "mlp_in")  # the normed input, as the norm left it
         add(kind, ("tp",), act * (e_sp if block_input else e), per_layer, comp, phase,
             sp_gather_dtype if block_input else dtype, "activations")
 
@@ -535,6 +541,34 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
 
 
 # ----------------------------------------------------------------------------- expert parallelism
+#: The weights XLA:TPU gathers a third time under ``remat="full"`` (with ``gather_in_backward``):
+#: the recomputed forward gathers q and k apart from the backward's gathers, while v and
+#: attn_out's backward uses share the recomputation's copy (measured on tpu-v5p:2x2x2).
+RECOMPUTE_GATHERED = ("q", "k")
+
+
+def recomputed_tp_collectives(layout: Layout) -> list[tuple[str, str, str]]:
+    """The tensor-parallel collectives a rematerialised layer runs again in the backward pass,
+    (kind, component, "backward") once per layer and micro-batch (XLA:TPU, measured on
+    tpu-v5p:2x2x1, benchmarks/collectives.py). The recomputed forward needs the MLP's input,
+    so ``remat="full"`` repeats the collective after ``attn_out`` (Korthikanti et al. 2022,
+    Sec. 5: full recomputation repeats the forward's tensor-parallel communication), but not
+    the one after ``mlp_out`` (the next layer's saved input). With sequence parallelism every
+    policy gathers both normed block inputs again for the recomputation (the remat boundary
+    keeps the forward's gathered copies from being reused); selective and dots recompute no
+    reduce-scatter."""
+    if layout.tp == 1 or layout.remat == "none":
+        return []
+    out = []
+    if layout.sequence_parallel:
+        out += [("all-gather", "qkv", "backward"), ("all-gather", "mlp_in", "backward")]
+        if layout.remat == "full":
+            out.append(("reduce-scatter", "attn_out", "backward"))
+    elif layout.remat == "full":
+        out.append(("all-reduce", "attn_out", "backward"))
+    return out
+
+
 def _dense_layers_here(cfg: TransformerConfig, layers):
     """Dense-MLP layers among the ``layers`` a device holds: the config's ``dense_layers``
     spread over the pipeline stages as evenly as the layers are (the average device; the
@@ -597,9 +631,9 @@ def expert_collectives(cfg: TransformerConfig, lay: Layout, *, b, t, steps, trai
     Tokens: per MoE layer and micro-batch, the dispatch all-to-all sends each token's copies to
     the devices holding its experts and the combine all-to-all brings the expert outputs back
     (Lepikhin et al. 2020 §3.1, Fig. 3; Megatron-core's token dispatcher): 2 forward; their
-    transposes in the backward, 2 more. A recomputed layer (``remat="full"``) does not send
-    them again: the compiled step keeps the dispatched tokens (measured, XLA:TPU and XLA:GPU,
-    benchmarks/moe_collectives.py). The buffer is `routed_tokens` x d_model in the compute dtype; the tokens of
+    transposes in the backward, 2 more. A rematerialised layer (any ``remat`` policy) sends the
+    forward's two again when the backward recomputes it (measured on tpu-v5p:2x2x2 and h100:8:
+    12 all-to-alls for 2 MoE layers, not 8). The buffer is `routed_tokens` x d_model in the compute dtype; the tokens of
     a device are b x seq_len / cp (/ tp with sequence parallelism).
     """
     g = ep_groups(lay)
@@ -650,4 +684,7 @@ def expert_collectives(cfg: TransformerConfig, lay: Layout, *, b, t, steps, trai
     if train:
         add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_dispatch", "backward", dtype, "activations")
         add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_combine", "backward", dtype, "activations")
+        if lay.remat != "none":  # the recomputed forward sends both again (every policy; measured)
+            add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_dispatch", "backward", dtype, "activations")
+            add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_combine", "backward", dtype, "activations")
     return out

@@ -104,7 +104,11 @@ def tpu_collectives() -> list[dict]:
     opts = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
             "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
     out = []
-    for text in ("fsdp=4,tp=2",):
+    # with remat the sharded step recomputes: the collectives a recomputed layer runs again
+    # (planner.collectives.recomputed_tp_collectives; a rematerialised last layer's weights
+    # gathered again under FSDP)
+    for text in ("fsdp=4,tp=2", "dp=4,tp=2,remat=full", "fsdp=4,tp=2,sequence_parallel=true,remat=full",
+                 "fsdp=8,remat=dots"):
         lay = Layout.parse(text)
         compiled, _ = compile_sharded_step(cfg, lay, batch_size=8, seq_len=32, devices=devices,
                                            compiler_options=opts)

@@ -550,10 +550,9 @@ RECOMPUTE_GATHERED = ("q", "k")
 def recomputed_tp_collectives(layout: Layout) -> list[tuple[str, str, str]]:
     """The tensor-parallel collectives a rematerialised layer runs again in the backward pass,
     (kind, component, "backward") once per layer and micro-batch (XLA:TPU, measured on
-    tpu-v5p:2x2x1, benchmarks/collectives.py). The recomputed forward needs the MLP's input,
-    so ``remat="full"`` repeats the collective after ``attn_out`` (Korthikanti et al. 2022,
-    Sec. 5: full recomputation repeats the forward's tensor-parallel communication), but not
-    the one after ``mlp_out`` (the next layer's saved input). With sequence parallelism every
+    tpu-v5p:2x2x1 and checked on 2x2x2 by tests/test_sharding.py). The recomputed forward
+    needs the MLP's input, so ``remat="full"`` repeats the collective after ``attn_out``, but
+    not the one after ``mlp_out`` (the next layer's saved input). With sequence parallelism every
     policy gathers both normed block inputs again for the recomputation (the remat boundary
     keeps the forward's gathered copies from being reused); selective and dots recompute no
     reduce-scatter."""

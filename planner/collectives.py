@@ -293,7 +293,8 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
         dtype and casts after (13 of the 14 h100:8 grid rows with fsdp; benchmarks/collectives.py).
       reduce_after_accumulation: with micro-batches, the gradients of parameters replicated over
         the data axes are all-reduced once per step, after the micro-batches are summed
-        (XLA:GPU; an embedding table split over tp is still reduced per micro-batch),
+        (XLA:GPU; an embedding table split over tp, and an untied head, are still reduced per
+        micro-batch),
         not once per micro-batch (XLA:TPU; it does so only for the float32 norm scales, whose
         gradients join the float32 accumulator unconverted).
       optimizer_moments: arrays of optimizer state per parameter (AdamW: 2). The learned
@@ -450,8 +451,11 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
             add("all-gather", ("dp",), local * e_param, p.copies, component, "optimizer", param_dtype, "weights")
         else:
             # a norm scale's float32 gradient joins the float32 accumulator as it is, so the
-            # compiler sums the micro-batches first and reduces once (measured, XLA:TPU)
-            reduces = p.copies * (1 if p.fp32_grad or reduce_after_accumulation else steps)
+            # compiler sums the micro-batches first and reduces once (measured, XLA:TPU); an
+            # untied head's gradient is made behind an optimization barrier in each micro-batch
+            # (models.transformer.head_gradients_together), so it is reduced there (XLA:GPU)
+            after = reduce_after_accumulation and p.component != "head"
+            reduces = p.copies * (1 if p.fp32_grad or after else steps)
             add("all-reduce", rest, local * e_g, reduces, component, "backward", g_dt, "gradients")
 
     # --- activations: tensor and sequence parallelism -------------------------------------

@@ -361,9 +361,10 @@ def collectives(cfg: TransformerConfig, layout: Layout, *, batch_size, seq_len=N
 
     # --- weights: FSDP gathers, gradient reductions, ZeRO-1 --------------------------------
     data_axes = ("dp", "fsdp", "cp")
-    if keep_last_gathered is None:  # a rematerialised last layer gathers them again (measured)
-        keep_last_gathered = () if lay.remat != "none" else \
-            ("mlp_in", "mlp_gate", "mlp_out") if cfg.gated else ("mlp_out",)
+    if keep_last_gathered is None and lay.remat != "none":
+        keep_last_gathered = ()  # a rematerialised last layer gathers them again (measured)
+    elif keep_last_gathered is None:
+        keep_last_gathered = ("mlp_in", "mlp_gate", "mlp_out") if cfg.gated else ("mlp_out",)
     params = parameters(cfg, layers)
     for p in params:
         sharded = _sharded_axes(p, lay)
@@ -684,10 +685,8 @@ def expert_collectives(cfg: TransformerConfig, lay: Layout, *, b, t, steps, trai
     n_fwd = moe * steps
     add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_dispatch", "forward", dtype, "activations")
     add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_combine", "forward", dtype, "activations")
-    if train:
-        add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_dispatch", "backward", dtype, "activations")
-        add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_combine", "backward", dtype, "activations")
-        if lay.remat != "none":  # the recomputed forward sends both again (every policy; measured)
-            add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_dispatch", "backward", dtype, "activations")
-            add("all-to-all", "ep", lay.ep, buf, n_fwd, "moe_combine", "backward", dtype, "activations")
+    if train:  # the transposes, and with remat the recomputed forward's two again (measured)
+        n_bwd = n_fwd * (2 if lay.remat != "none" else 1)
+        add("all-to-all", "ep", lay.ep, buf, n_bwd, "moe_dispatch", "backward", dtype, "activations")
+        add("all-to-all", "ep", lay.ep, buf, n_bwd, "moe_combine", "backward", dtype, "activations")
     return out

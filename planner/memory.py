@@ -386,11 +386,11 @@ def _split_params(cfg: TransformerConfig, layout: Layout) -> dict[str, Any]:
     return {"layers": (layers / layout.tp + norms) / layout.pp, "tables": tables / layout.tp, "experts": experts}
 
 
-def _head_gradient(cfg: TransformerConfig, layout: Layout, act: int) -> Any:
-    """The head's weight gradient (the tied table's, tied) in the compute dtype, per chip: the
-    one gradient the compiled step holds through the layers' backward (see `estimate_memory`).
-    Whole over ``fsdp`` (each chip's partial sum before the reduce-scatter), vocabulary-parallel
-    over ``tp``."""
+def _head_bytes(cfg: TransformerConfig, layout: Layout, act: int) -> Any:
+    """A (d_model x vocab) head-sized array in the compute dtype per chip, vocabulary-parallel
+    over ``tp``: the head's weight gradient (the tied table's, tied), the one gradient the
+    compiled step holds through the layers' backward (see `estimate_memory`), is whole over
+    ``fsdp`` (each chip's partial sum before the reduce-scatter)."""
     return cfg.vocab_size * cfg.d_model / layout.tp * act
 
 
@@ -442,7 +442,7 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
     ("xla": the compiler writes their gradient in place or computes it inside the head's
     backward matmuls) or twice ("korthikanti": logits and gradient), and with tied embeddings
     ("xla") the table's compute-dtype copy the head reads. ``grads``: "xla", the head's weight
-    gradient in the compute dtype (`_head_gradient`), the one the compiled step holds through
+    gradient in the compute dtype (`_head_bytes`), the one the compiled step holds through
     both phases (the head's AdamW update waits for the end of the step; every other gradient
     is fused into its update as it is made); "korthikanti", every weight's. The step donates
     its parameters and optimizer state, so the updated ones reuse their buffers. ``breakdown``
@@ -478,7 +478,7 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
         isinstance(steps, (int, float)) and steps <= 1)
     b = {
         "params": local_params * pbytes,
-        "grads": local_params * pbytes if bookkeeping == "korthikanti" else _head_gradient(cfg, layout, act),
+        "grads": local_params * pbytes if bookkeeping == "korthikanti" else _head_bytes(cfg, layout, act),
         "moments": 2 * local_params * opt_bytes / opt_share,
         "master": local_params * FP32 / opt_share if master else 0,
         "accumulation": local_params * FP32 if accumulating else 0,
@@ -494,7 +494,7 @@ def estimate_memory(cfg: TransformerConfig, *, batch_size=1, seq_len=None, chips
                             bookkeeping=bookkeeping)
     logits = (1 if bookkeeping == "xla" else 2) * tokens * cfg.vocab_size / layout.tp * act
     if bookkeeping == "xla" and cfg.tied_embeddings:  # the table's compute-dtype copy the head reads
-        logits = logits + cfg.vocab_size * cfg.d_model / layout.tp / layout.fsdp * act
+        logits = logits + _head_bytes(cfg, layout, act) / layout.fsdp
     transient = sum(trans.values())
     # Two phases of the backward pass peak one after the other, not together: the loss (the
     # logits and their gradient) and then each layer's backward (its transient). Every saved
